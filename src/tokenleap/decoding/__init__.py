@@ -1,0 +1,1 @@
+"""Pieces every decoding method shares: warping, KV cache, stopping, statistics."""

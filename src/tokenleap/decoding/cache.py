@@ -1,0 +1,85 @@
+"""KV caches with cheap rollback.
+
+Every method keeps the same invariant: a cache holds the keys/values of the first
+`cache.length` committed tokens, and the next forward is fed the uncached tail. Rolling
+back after a rejected draft is `cache.rollback(n)`: for the pre-allocated cache it only
+moves a cursor; the stale slots are overwritten by the next forward.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class KVCache(Protocol):
+    """What methods rely on, whichever runner made the cache."""
+
+    length: int  # committed positions held
+
+    @property
+    def batch(self) -> int: ...
+
+    def rollback(self, length: int) -> None:
+        """Forget every position at or after `length`."""
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Make row i a copy of old row rows[i] (beam reordering or expansion)."""
+
+    def keep_positions(self, start: int, kept: torch.Tensor) -> None:
+        """Keep positions `start + kept` (sorted offsets) after `start`, packed contiguously."""
+
+
+class StaticKVCache:
+    """Pre-allocated per-layer K/V tensors [batch, kv_heads, capacity, head_dim] and a cursor."""
+
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        shape = (batch, kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.length = 0
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    @torch.inference_mode()
+    def reserve(self, needed: int) -> None:
+        """Grow (doubling) so that `needed` positions fit; existing entries are kept."""
+        if needed <= self.capacity:
+            return
+        new_cap = max(needed, 2 * self.capacity)
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                grown = old.new_zeros(old.shape[:2] + (new_cap,) + old.shape[3:])
+                grown[:, :, : self.length] = old[:, :, : self.length]
+                store[i] = grown
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length} from {self.length}")
+        self.length = length
+
+    @torch.inference_mode()
+    def select_rows(self, rows: torch.Tensor) -> None:
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                if rows.numel() == old.shape[0]:
+                    # Same batch size: reorder in place over the live prefix only.
+                    old[:, :, : self.length] = old[rows, :, : self.length]
+                else:
+                    store[i] = old[rows]
+
+    @torch.inference_mode()
+    def keep_positions(self, start: int, kept: torch.Tensor) -> None:
+        src = start + kept.to(torch.long)
+        for store in (self.keys, self.values):
+            for layer in store:
+                layer[:, :, start : start + src.numel()] = layer[:, :, src]
+        self.length = start + src.numel()

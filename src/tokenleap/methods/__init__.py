@@ -1,0 +1,61 @@
+"""Decoding methods: one module each, all driven by `tokenleap.generate`.
+
+A method is a generator `decode(ctx) -> Iterator[list[int]]` that yields blocks of newly
+committed tokens; the driver stops it at EOS, stop strings or max_new_tokens, so methods
+never need to know about stopping beyond not wasting work past `ctx.room(...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from ..errors import TokenleapError
+from . import ar, sps
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    decode: Callable[..., Iterator[list[int]]]
+    options: type
+    needs_draft: bool
+    lossless: bool  # output law equals the target's (greedy output equals greedy AR)
+    description: str
+
+    def make_options(self, values: dict[str, Any]) -> Any:
+        """The method's options from keyword values; unknown or ill-typed ones are errors."""
+        fields = {f.name: f for f in dataclasses.fields(self.options)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            accepted = ", ".join(sorted(fields)) or "none"
+            raise TokenleapError(f"method {self.name!r} has no option {unknown[0]!r} (its options: {accepted})")
+        converted = {}
+        for key, value in values.items():
+            kind = type(fields[key].default)
+            if kind is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TokenleapError(f"option {key!r} of method {self.name!r} must be {kind.__name__}, got {value!r}")
+            converted[key] = value
+        options = self.options(**converted)
+        options.validate()
+        return options
+
+
+METHODS: dict[str, MethodSpec] = {
+    "ar": MethodSpec("ar", ar.decode, ar.AROptions, needs_draft=False, lossless=True,
+                     description="autoregressive decoding (greedy or sampling)"),
+    "sps": MethodSpec("sps", sps.decode, sps.SPSOptions, needs_draft=True, lossless=True,
+                      description="speculative sampling with a draft model"),
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise TokenleapError(f"unknown method {name!r}; available: {', '.join(METHODS)}") from None

@@ -1,0 +1,25 @@
+"""Autoregressive decoding: one target forward per token. The baseline for everything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..decoding.context import DecodeContext, decode_one_token
+
+
+@dataclass
+class AROptions:
+    def validate(self) -> None:
+        pass
+
+
+def decode(ctx: DecodeContext) -> Iterator[list[int]]:
+    seq = list(ctx.prompt_ids)
+    cache = ctx.new_cache(ctx.target)
+    while ctx.room(seq) > 0:
+        # The first step feeds the whole prompt, every later one the newest token.
+        token = decode_one_token(ctx, ctx.target, seq, cache)
+        ctx.stats.target_forwards += 1
+        seq.append(token)
+        yield [token]

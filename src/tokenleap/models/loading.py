@@ -1,0 +1,174 @@
+"""`load_model`: registry names, local HF directories, GGUF files and hub ids -> `Model`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..errors import TokenleapError
+from . import llama
+from .hf import HFRunner
+from .registry import REGISTRY, cache_home
+from .runner import Runner
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+          "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Model:
+    """A loaded causal LM: tokenizer, HF module, and the runner methods execute it with."""
+
+    name: str
+    hf_model: PreTrainedModel
+    tokenizer: Any
+    runner: Runner
+    eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def config(self):
+        return self.hf_model.config
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", 0) or 1 << 30)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runner.dtype
+
+    def encode(self, prompt: str | Messages | list[int], chat: bool | None = None) -> list[int]:
+        """Token ids of a prompt. Text or messages get the chat template when the tokenizer
+        has one (unless chat=False); a list of ints is taken as ids already."""
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            ids = list(prompt)
+        elif isinstance(prompt, (str, list)):
+            use_chat = bool(getattr(self.tokenizer, "chat_template", None)) if chat is None else chat
+            if isinstance(prompt, list) or use_chat:
+                messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+                _check_messages(messages)
+                if not any(m["content"].strip() for m in messages):
+                    raise TokenleapError("the prompt is empty")
+                ids = list(self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+            else:
+                ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        else:
+            raise TokenleapError(f"a prompt must be text, chat messages or token ids, got {type(prompt).__name__}")
+        if not ids or (isinstance(prompt, str) and not prompt.strip()):
+            raise TokenleapError("the prompt is empty")
+        bad = [t for t in ids if not 0 <= t < self.runner.vocab_size]
+        if bad:
+            raise TokenleapError(f"token id {bad[0]} is outside the vocabulary (size {self.runner.vocab_size})")
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _check_messages(messages: list) -> None:
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise TokenleapError("chat messages must be dicts with string 'role' and 'content'")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device == "cpu" else torch.float16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype.lower()]
+    except KeyError:
+        raise TokenleapError(f"unknown dtype {dtype!r}; use one of bf16, fp32, fp16") from None
+
+
+def gguf_checkpoint(gguf_path: Path) -> Path:
+    """Dequantise a GGUF file once into an fp32 safetensors checkpoint; return its directory.
+
+    transformers flags a GGUF-loaded model as quantised and refuses to save it or change its
+    dtype, so we write the dequantised state dict and a plain config ourselves."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_home() / "checkpoints" / f"{gguf_path.stem}-{key}"
+    if (out / "model.safetensors").is_file():
+        return out
+    from safetensors.torch import save_file
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["dtype"] = "float32"
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    model.generation_config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a crash mid-conversion never leaves a half checkpoint behind
+    return out
+
+
+def locate(name_or_path: str) -> str:
+    """A local checkpoint directory (or hub id) for a registry name, path or GGUF file."""
+    if name_or_path in REGISTRY:
+        found = REGISTRY[name_or_path].locate()
+        return str(gguf_checkpoint(found) if found.suffix == ".gguf" else found)
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TokenleapError(f"GGUF file not found: {path}")
+        return str(gguf_checkpoint(path))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise TokenleapError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return str(path)
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_like_path or "/" not in name_or_path:
+        known = ", ".join(sorted(REGISTRY))
+        raise TokenleapError(f"unknown model {name_or_path!r}: not a registry name ({known}) and no such path")
+    return name_or_path  # a hub id: transformers fetches it (or fails clearly when offline)
+
+
+def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device: str = "cpu",
+               runner: str = "auto") -> Model:
+    """Load a causal LM by registry name, local HF directory, .gguf file or hub id.
+
+    dtype: bf16 (default on CPU), fp32 or fp16. runner: "lean" (Llama-family fast path),
+    "hf" (the model's own transformers forward) or "auto" (lean when supported)."""
+    if runner not in ("auto", "lean", "hf"):
+        raise TokenleapError(f"unknown runner {runner!r}; use auto, lean or hf")
+    source = locate(name_or_path)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TokenleapError(f"cannot load model {name_or_path!r}: {first}") from None
+    for p in hf_model.parameters():
+        p.requires_grad_(False)
+    if runner == "lean" and not llama.supports(hf_model):
+        raise TokenleapError(f"the lean runner does not cover model type {hf_model.config.model_type!r}; use runner='hf'")
+    use_lean = runner == "lean" or (runner == "auto" and llama.supports(hf_model))
+    exec_runner: Runner = llama.LlamaRunner(hf_model) if use_lean else HFRunner(hf_model)
+    eos = hf_model.generation_config.eos_token_id
+    eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    return Model(name=name_or_path, hf_model=hf_model, tokenizer=tokenizer, runner=exec_runner,
+                 eos_token_ids=frozenset(eos_ids))
