@@ -1,0 +1,114 @@
+"""The `tokenleap` command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, Callable
+
+from .errors import TokenleapError
+from .methods import METHODS
+from .models.registry import DEFAULT_MODEL, REGISTRY
+
+
+def add_method_option_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """One flag per option of any method (e.g. --gamma); only flags the user sets are passed on."""
+    names: dict[str, type] = {}
+    for spec in METHODS.values():
+        for f in dataclasses.fields(spec.options):
+            names.setdefault(f.name, type(f.default))
+    group = parser.add_argument_group("method options (each method takes its own)")
+    for name, kind in names.items():
+        group.add_argument("--" + name.replace("_", "-"), dest="opt_" + name, type=kind, default=None)
+    return list(names)
+
+
+def method_options(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {n: getattr(args, "opt_" + n) for n in names if getattr(args, "opt_" + n) is not None}
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def cmd_generate(args: argparse.Namespace, option_names: list[str]) -> int:
+    from .generation import generate
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    out = generate(prompt, method=args.method, model=args.model, draft=args.draft,
+                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, stream=True, stop=args.stop or None,
+                   chat=False if args.no_chat else None, dtype=args.dtype,
+                   **method_options(args, option_names))
+    if args.json:
+        for _ in out:
+            pass
+        print(json.dumps(out.result.to_dict(), indent=2))
+        return 0
+    for piece in out:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    print(f"[{out.result.finish_reason}] {out.result.stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    for entry in REGISTRY.values():
+        print(f"{entry.name:24s} {entry.description}")
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    parser = argparse.ArgumentParser(prog="tokenleap", description="Multi-token decoding for causal LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    gen = sub.add_parser("generate", help="generate text with a decoding method, streamed to the terminal")
+    gen.add_argument("prompt", help="prompt text ('-' reads standard input)")
+    gen.add_argument("--method", "-m", default="ar", help=f"one of: {', '.join(METHODS)}")
+    gen.add_argument("--model", default=DEFAULT_MODEL, help="registry name, HF directory, .gguf file or hub id")
+    gen.add_argument("--draft", default=None, help="draft model for draft-based methods")
+    gen.add_argument("--max-new-tokens", "-n", type=int, default=128)
+    add_sampling_flags(gen)
+    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
+    gen.add_argument("--dtype", default=None, help="bf16 (default on CPU), fp32 or fp16")
+    gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    names = add_method_option_flags(gen)
+    handlers["generate"] = lambda a: cmd_generate(a, names)
+
+    models = sub.add_parser("models", help="list registry model names")
+    handlers["models"] = cmd_models
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    quiet_transformers()
+    try:
+        return handlers[args.command](args)
+    except TokenleapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' per-load progress bars and advisory warnings off the terminal."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
