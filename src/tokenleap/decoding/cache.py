@@ -49,7 +49,7 @@ class StaticKVCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def reserve(self, needed: int) -> None:
         """Grow (doubling) so that `needed` positions fit; existing entries are kept."""
         if needed <= self.capacity:
@@ -66,7 +66,7 @@ class StaticKVCache:
             raise ValueError(f"cannot roll back to {length} from {self.length}")
         self.length = length
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def select_rows(self, rows: torch.Tensor) -> None:
         for store in (self.keys, self.values):
             for i, old in enumerate(store):
@@ -76,7 +76,7 @@ class StaticKVCache:
                 else:
                     store[i] = old[rows]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def keep_positions(self, start: int, kept: torch.Tensor) -> None:
         src = start + kept.to(torch.long)
         for store in (self.keys, self.values):

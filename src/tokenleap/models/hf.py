@@ -60,7 +60,7 @@ class HFRunner:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.hf_model.get_input_embeddings()(ids)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, cache: HFCache, ids: torch.Tensor | None = None, *,
                 embeds: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:

@@ -145,7 +145,7 @@ class LlamaRunner:
         return x + F.linear(F.silu(gate) * up, L.down_w)
 
     # -- the whole forward ---------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def hidden_states(self, cache: StaticKVCache, x: torch.Tensor, positions: torch.Tensor | None = None,
                       attn_mask: torch.Tensor | None = None, layers: range | None = None) -> torch.Tensor:
         """Run `layers` (default all) over new embeddings x; the cursor advances afterwards."""
@@ -159,7 +159,7 @@ class LlamaRunner:
             x = self.run_layer(i, x, cache, start, cos, sin, mask)
         return x
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, cache: StaticKVCache, ids: torch.Tensor | None = None, *,
                 embeds: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:

@@ -152,8 +152,8 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     "hf" (the model's own transformers forward) or "auto" (lean when supported)."""
     if runner not in ("auto", "lean", "hf"):
         raise TokenleapError(f"unknown runner {runner!r}; use auto, lean or hf")
-    source = locate(name_or_path)
     torch_dtype = resolve_dtype(dtype, device)
+    source = locate(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random Llama models (built once per session) and the real default model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokenleap
+from tokenleap.models.tiny import make_tiny_llama
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Make (once) a tiny model checkpoint dir for the given settings; returns its path."""
+    made: dict[tuple, str] = {}
+
+    def make(**kwargs) -> str:
+        key = tuple(sorted(kwargs.items()))
+        if key not in made:
+            made[key] = str(make_tiny_llama(tmp_path_factory.mktemp("tiny"), **kwargs))
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    """Load a tiny model (fp32, lean runner by default), cached per settings."""
+    loaded: dict[tuple, tokenleap.Model] = {}
+
+    def load(runner: str = "auto", **kwargs) -> tokenleap.Model:
+        key = (runner,) + tuple(sorted(kwargs.items()))
+        if key not in loaded:
+            loaded[key] = tokenleap.load_model(tiny_dir(**kwargs), dtype="fp32", runner=runner)
+        return loaded[key]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def real_fp32():
+    """The embedded default model (SmolLM2-135M-Instruct) in fp32, for exactness tests."""
+    return tokenleap.load_model(tokenleap.DEFAULT_MODEL, dtype="fp32")
+
+
+def hf_greedy(model: tokenleap.Model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Hugging Face `generate` greedy continuation (stops at EOS like tokenleap; EOS included)."""
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = model.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=False, eos_token_id=sorted(model.eos_token_ids),
+                                      pad_token_id=sorted(model.eos_token_ids)[0])
+    new = out[0, len(prompt_ids):].tolist()
+    for i, t in enumerate(new):
+        if t in model.eos_token_ids:
+            return new[: i + 1]
+    return new

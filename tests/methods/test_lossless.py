@@ -1,0 +1,73 @@
+"""Every lossless method must reproduce greedy decoding token for token.
+
+Each lossless method in tokenleap.METHODS needs an entry in OPTION_SETS; a new method without
+one fails `test_every_lossless_method_is_covered`, so it inherits these tests."""
+
+import dataclasses
+
+import pytest
+
+import tokenleap
+from tokenleap import METHODS
+from conftest import hf_greedy
+
+OPTION_SETS = {
+    "ar": [{}],
+    "sps": [{"gamma": 1}, {"gamma": 3}, {"gamma": 6}],
+}
+CASES = [(name, opts) for name, sets in OPTION_SETS.items() for opts in sets]
+PROMPTS = ["w2 w3 w4", "w5", "w7 w8 w9 w10 w11 w12 w13"]
+
+
+def test_every_lossless_method_is_covered():
+    assert {n for n, s in METHODS.items() if s.lossless} <= set(OPTION_SETS)
+
+
+def greedy(method, opts, target, draft, prompt, n):
+    result = tokenleap.generate(prompt, method=method, model=target,
+                                draft=draft if METHODS[method].needs_draft else None,
+                                max_new_tokens=n, **opts)
+    return result
+
+
+@pytest.mark.parametrize("runner", ["lean", "hf"])
+@pytest.mark.parametrize("method,opts", CASES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_equals_hf_generate_on_tiny_models(tiny, runner, method, opts, seed):
+    target = tiny(runner=runner, vocab_size=32, seed=seed)
+    drafts = {"same": target, "unrelated": tiny(runner=runner, vocab_size=32, seed=seed + 100, num_layers=1)}
+    for prompt in PROMPTS:
+        expected = hf_greedy(target, target.encode(prompt), 24)
+        for draft in drafts.values():
+            got = greedy(method, opts, target, draft, prompt, 24)
+            assert got.token_ids == expected, (prompt, got.stats.accepted_hist)
+
+
+@pytest.mark.parametrize("method,opts", CASES)
+def test_greedy_stops_at_eos_exactly(tiny, method, opts):
+    target = tiny(vocab_size=32, seed=0)
+    free_run = hf_greedy(target, target.encode("w2 w3"), 20)
+    # Declare the 6th greedy token an EOS: every method must stop right after it.
+    eos_target = dataclasses.replace(target, eos_token_ids=frozenset({free_run[5]}))
+    draft = tiny(vocab_size=32, seed=7, num_layers=1)
+    got = greedy(method, opts, eos_target, draft, "w2 w3", 20)
+    assert got.token_ids == free_run[: free_run.index(free_run[5]) + 1]
+    assert got.finish_reason == "eos"
+
+
+@pytest.mark.parametrize("method,opts", CASES)
+def test_max_new_tokens_is_exact(tiny, method, opts):
+    target = tiny(vocab_size=32, seed=1)
+    for n in (1, 2, 5):
+        got = greedy(method, opts, target, target, "w4 w5", n)
+        assert len(got.token_ids) == n and got.finish_reason == "length"
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("method,opts", [("ar", {}), ("sps", {"gamma": 4})])
+def test_greedy_equals_hf_generate_on_default_model(real_fp32, method, opts):
+    prompts = ["What is the capital of France?", "Write a Python function that reverses a string."]
+    for prompt in prompts:
+        expected = hf_greedy(real_fp32, real_fp32.encode(prompt), 40)
+        got = greedy(method, opts, real_fp32, real_fp32, prompt, 40)
+        assert got.token_ids == expected

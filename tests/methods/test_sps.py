@@ -1,0 +1,90 @@
+"""Speculative sampling preserves the target's (warped) distribution, checked exactly."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import tokenleap
+from tokenleap import Sampling
+from tokenleap.decoding.warping import warp
+
+V = 8
+
+
+def exact_law(model, prompt_ids, n_tokens, sampling, prefix=()):
+    """P(x1..xn | prompt) under the warped target, by enumeration; a sequence ends early at EOS."""
+    if len(prefix) == n_tokens or (prefix and prefix[-1] in model.eos_token_ids):
+        return {prefix: 1.0}
+    with torch.inference_mode():
+        logits = model.hf_model(torch.tensor([prompt_ids + list(prefix)])).logits[0, -1]
+    probs = warp(logits, sampling)
+    law = {}
+    for token in range(V):
+        if probs[token] > 0:
+            for seq, p in exact_law(model, prompt_ids, n_tokens, sampling, prefix + (token,)).items():
+                law[seq] = probs[token].item() * p
+    return law
+
+
+def chi_square_pvalue(samples, law, n):
+    if not set(samples) <= set(law):
+        return 0.0  # a sequence the target cannot produce: certainly not the target's law
+    cells = sorted(law, key=law.get, reverse=True)
+    expected = np.array([law[c] * n for c in cells])
+    observed = np.array([samples.count(c) for c in cells], dtype=float)
+    # Pool the rare cells so every bin expects at least 5 draws.
+    big = expected >= 5
+    exp_b = np.append(expected[big], expected[~big].sum())
+    obs_b = np.append(observed[big], observed[~big].sum())
+    if exp_b[-1] == 0:
+        exp_b, obs_b = exp_b[:-1], obs_b[:-1]
+    assert obs_b.sum() == n
+    return chisquare(obs_b, exp_b * n / exp_b.sum()).pvalue
+
+
+def draws(method, target, draft, sampling, n, **opts):
+    out = []
+    for seed in range(n):
+        r = tokenleap.generate("w2 w3", method=method, model=target, draft=draft, max_new_tokens=2,
+                               temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                               seed=seed, **opts)
+        out.append(tuple(r.token_ids))
+    return out
+
+
+@pytest.mark.parametrize("sampling,gamma", [(Sampling(1.0), 2), (Sampling(1.0), 1),
+                                            (Sampling(0.8, top_k=5, top_p=0.9), 3)])
+def test_sps_first_two_tokens_follow_the_target_law(tiny, sampling, gamma):
+    target = tiny(vocab_size=V, seed=11, init_std=0.1)
+    draft = tiny(vocab_size=V, seed=12, init_std=0.1, num_layers=1)
+    n = 3000
+    law = exact_law(target, target.encode("w2 w3"), 2, sampling)
+    samples = draws("sps", target, draft, sampling, n, gamma=gamma)
+    assert chi_square_pvalue(samples, law, n) > 1e-3
+    # The test has power: the draft's own law is told apart from the target's.
+    draft_law = exact_law(draft, target.encode("w2 w3"), 2, sampling)
+    assert sum(abs(draft_law.get(c, 0) - law[c]) for c in law) > 0.2
+    draft_samples = draws("ar", draft, None, sampling, n)
+    assert chi_square_pvalue(draft_samples, law, n) < 1e-6
+
+
+def test_same_seed_same_output(tiny):
+    target = tiny(vocab_size=32, seed=0, init_std=0.05)
+    draft = tiny(vocab_size=32, seed=5, num_layers=1, init_std=0.05)
+    runs = [tokenleap.generate("w2", method="sps", model=target, draft=draft, temperature=1.0,
+                               max_new_tokens=30, seed=s).token_ids for s in (4, 4, 5)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_stats_are_consistent(tiny):
+    target = tiny(vocab_size=32, seed=0)
+    draft = tiny(vocab_size=32, seed=9, num_layers=1)
+    r = tokenleap.generate("w2 w3", method="sps", model=target, draft=draft, max_new_tokens=40, gamma=4)
+    s = r.stats
+    assert s.new_tokens == len(r.token_ids) == 40
+    assert s.target_forwards == s.iterations + (1 if s.new_tokens - s.accepted - s.iterations == 1 else 0)
+    assert s.accepted == sum(s.accepted_at) and s.proposed == sum(s.proposed_at)
+    assert s.accepted == sum(k * v for k, v in s.accepted_hist.items())
+    assert 1.0 <= s.mean_accepted_length <= 5.0

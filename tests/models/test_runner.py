@@ -1,0 +1,59 @@
+"""The lean runner must compute what the model's own transformers forward computes."""
+
+import pytest
+import torch
+
+from tokenleap.models.hf import HFRunner
+
+SHAPES = [dict(vocab_size=32, seed=0), dict(vocab_size=40, seed=1, num_kv_heads=4, tie_word_embeddings=True)]
+
+
+@pytest.mark.parametrize("kwargs", SHAPES)
+def test_lean_forward_matches_hf_forward(tiny, kwargs):
+    model = tiny(**kwargs)
+    ids = torch.randint(0, kwargs["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref = model.hf_model(ids).logits
+    lean = model.runner.forward(model.runner.new_cache(1, 4), ids)  # capacity 4: must grow
+    assert torch.allclose(lean, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("runner_kind", ["lean", "hf"])
+def test_incremental_rollback_and_refeed_match_full_forward(tiny, runner_kind):
+    model = tiny(runner=runner_kind, vocab_size=32, seed=0)
+    runner = model.runner
+    ids = torch.randint(0, 32, (1, 10), generator=torch.Generator().manual_seed(4))
+    full = runner.forward(runner.new_cache(), ids)
+    cache = runner.new_cache()
+    parts = [runner.forward(cache, ids[:, :6]), runner.forward(cache, ids[:, 6:8])]
+    # A wrong guess is fed, then rolled back: the cache must forget it.
+    runner.forward(cache, torch.tensor([[5, 6, 7]]))
+    cache.rollback(8)
+    parts.append(runner.forward(cache, ids[:, 8:]))
+    assert cache.length == 10
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+def test_tree_mask_equals_separate_branches(tiny):
+    """Two branches verified in one forward with a tree mask = each branch fed on its own."""
+    model = tiny(vocab_size=32, seed=0)
+    runner = model.runner
+    prefix = torch.tensor([[3, 4, 5]])
+    cache = runner.new_cache()
+    runner.forward(cache, prefix)
+    # Nodes: a=7 (depth 0), b=8 (depth 0), c=9 child of a. Positions follow depth.
+    mask = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    tree = runner.forward(cache, torch.tensor([[7, 8, 9]]), positions=torch.tensor([3, 3, 4]), attn_mask=mask)
+    for nodes, rows in (([7, 9], [0, 2]), ([8], [1])):
+        c = runner.new_cache()
+        ref = runner.forward(c, torch.cat([prefix, torch.tensor([nodes])], 1))[:, 3:]
+        assert torch.allclose(tree[:, rows], ref, atol=1e-5)
+    # Keeping the a->c path packs its K/V so decoding continues as if only that path was fed.
+    cache.keep_positions(3, torch.tensor([0, 2]))
+    nxt = runner.forward(cache, torch.tensor([[11]]))
+    ref = runner.forward(runner.new_cache(), torch.tensor([[3, 4, 5, 7, 9, 11]]))[:, -1:]
+    assert torch.allclose(nxt, ref, atol=1e-5)
+
+
+def test_hf_runner_is_used_when_asked(tiny):
+    assert isinstance(tiny(runner="hf", vocab_size=32, seed=0).runner, HFRunner)
