@@ -85,6 +85,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
     models = sub.add_parser("models", help="list registry model names")
     handlers["models"] = cmd_models
+
+    from .bench.command import add_bench_command  # here, not at the top: bench imports this module
+
+    handlers["bench"] = add_bench_command(sub)
     return parser, handlers
 
 

@@ -1,0 +1,528 @@
+"""Running a benchmark: prompts in, one record per (prompt, method, repeat) out.
+
+Hygiene follows specs/benchmark.md: one process and one model load for every method, warm-up
+first, methods interleaved per prompt (rotating their order, so drifting machine noise hits
+all of them alike), the same seed, dtype, thread count and max_new_tokens everywhere, and
+generated tokens counted the same way (token ids, cut at the first EOS inclusive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+
+from ..decoding.quality import perplexity
+from ..decoding.stats import DecodeStats
+from ..decoding.warping import Sampling
+from ..errors import TokenleapError
+from ..generation import check_compatible, generate, get_model
+from ..methods import METHODS
+from ..models.loading import Model
+from ..models.registry import DEFAULT_MODEL, REGISTRY
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# Anchors outside tokenleap: Hugging Face's own loops, and which of our options they take.
+HF_METHODS: dict[str, tuple[str, ...]] = {"hf": (), "hf-assisted": ("gamma",)}
+WARMUP_TOKENS = 16
+
+
+def default_prompts_path() -> Path:
+    """../shared/data/spec_bench_dev.jsonl next to the repository this package is checked out in."""
+    repo_root = Path(__file__).resolve().parents[3]
+    return repo_root.parent / "shared" / "data" / "spec_bench_dev.jsonl"
+
+
+@dataclass
+class Prompt:
+    index: int
+    question_id: Any
+    category: str
+    text: str
+
+
+@dataclass
+class BenchMethod:
+    """One column of the benchmark: a tokenleap method or an HF anchor, with its options."""
+
+    name: str  # as reported, e.g. "sps" or "sps@g=2" in a gamma sweep
+    base: str  # key in METHODS, or "hf" / "hf-assisted"
+    options: dict[str, Any]
+    needs_draft: bool
+    lossless: bool
+
+    @property
+    def is_hf(self) -> bool:
+        return self.base in HF_METHODS
+
+    def info(self) -> dict[str, Any]:
+        """What results.json records about the method, with its effective option values."""
+        effective = dict(self.options)
+        if not self.is_hf:
+            effective = dataclasses.asdict(METHODS[self.base].make_options(self.options))
+        return {"name": self.name, "base": self.base, "options": effective,
+                "needs_draft": self.needs_draft, "lossless": self.lossless}
+
+
+@dataclass
+class BenchConfig:
+    methods: list[str]
+    prompts: Path = field(default_factory=default_prompts_path)
+    out: Path = Path("runs/bench")
+    model: str = DEFAULT_MODEL
+    draft: str | None = None
+    limit: int | None = None
+    categories: list[str] | None = None
+    max_new_tokens: int = 128
+    sampling: Sampling = field(default_factory=Sampling)
+    dtype: str | None = None
+    repeats: int = 1
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # method options, e.g. {"gamma": 4}
+    sweep_gamma: list[int] | None = None
+    threads: int | None = None
+    warmup: int = 1
+    progress: bool = True
+
+    def command_line(self) -> str:
+        """The run as one canonical `tokenleap bench` command."""
+        parts = ["tokenleap bench", f"--prompts {self.prompts}", f"--methods {','.join(self.methods)}",
+                 f"--model {self.model}", f"--max-new-tokens {self.max_new_tokens}",
+                 f"--temperature {self.sampling.temperature}", f"--top-k {self.sampling.top_k}",
+                 f"--top-p {self.sampling.top_p}", f"--repeats {self.repeats}", f"--seed {self.seed}",
+                 f"--warmup {self.warmup}", f"--out {self.out}"]
+        optional = {"--draft": self.draft, "--limit": self.limit, "--dtype": self.dtype,
+                    "--threads": self.threads,
+                    "--categories": ",".join(self.categories) if self.categories else None,
+                    "--sweep-gamma": ",".join(map(str, self.sweep_gamma)) if self.sweep_gamma else None}
+        parts += [f"{flag} {value}" for flag, value in optional.items() if value is not None]
+        parts += [f"--{k.replace('_', '-')} {v}" for k, v in sorted(self.options.items())]
+        return " ".join(parts)
+
+
+# ---- prompts -----------------------------------------------------------------------------
+
+def load_prompts(path: str | Path, limit: int | None = None, categories: list[str] | None = None) -> list[Prompt]:
+    """Spec-Bench rows (question_id, category, turns); the first turn is the prompt.
+
+    --limit takes prompts round-robin over categories (in file order) so a short run still
+    covers every category instead of only the first one in the file."""
+    rows = _read_jsonl(Path(path))
+    if categories:
+        known = list(dict.fromkeys(r["category"] for r in rows))
+        unknown = [c for c in categories if c not in known]
+        if unknown:
+            raise TokenleapError(f"unknown category {unknown[0]!r} in {path}; available: {', '.join(known)}")
+        rows = [r for r in rows if r["category"] in categories]
+    if limit is not None:
+        if limit < 1:
+            raise TokenleapError(f"--limit must be >= 1, got {limit}")
+        rows = _round_robin(rows)[:limit]
+    if not rows:
+        raise TokenleapError(f"no prompts to run in {path}")
+    return [Prompt(i, r["question_id"], r["category"], r["turns"][0]) for i, r in enumerate(rows)]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise TokenleapError(f"prompt file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TokenleapError(f"{path}, line {number}: bad JSON ({exc.msg})") from None
+            turns = row.get("turns") if isinstance(row, dict) else None
+            if (not isinstance(turns, list) or not turns or not isinstance(turns[0], str)
+                    or "question_id" not in row or not isinstance(row.get("category"), str)):
+                raise TokenleapError(f"{path}, line {number}: need question_id, category (text) "
+                                     "and turns (a non-empty list of text)")
+            rows.append(row)
+    return rows
+
+
+def _round_robin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_category: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_category.setdefault(row["category"], []).append(row)
+    queues = list(by_category.values())
+    out = []
+    for i in range(max(len(q) for q in queues)):
+        out += [q[i] for q in queues if i < len(q)]
+    return out
+
+
+# ---- methods -----------------------------------------------------------------------------
+
+def accepted_options(base: str) -> tuple[str, ...]:
+    if base in HF_METHODS:
+        return HF_METHODS[base]
+    return tuple(f.name for f in dataclasses.fields(METHODS[base].options))
+
+
+def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[int] | None = None) -> list[BenchMethod]:
+    """The methods to run, each given only the options it accepts. With a gamma sweep, every
+    method taking `gamma` becomes one method per value, named like `sps@g=2`."""
+    if not names:
+        raise TokenleapError("no methods given (--methods ar,sps,...)")
+    available = list(METHODS) + list(HF_METHODS)
+    planned: list[BenchMethod] = []
+    for name in dict.fromkeys(names):  # a method listed twice runs once
+        if name not in available:
+            raise TokenleapError(f"unknown method {name!r}; available: {', '.join(available)}")
+        takes = accepted_options(name)
+        own = {k: v for k, v in options.items() if k in takes}
+        needs_draft = name == "hf-assisted" or (name in METHODS and METHODS[name].needs_draft)
+        lossless = name in HF_METHODS or METHODS[name].lossless
+        gammas = sweep_gamma if sweep_gamma and "gamma" in takes else [None]
+        for g in gammas:
+            opts = own if g is None else {**own, "gamma": g}
+            label = name if g is None else f"{name}@g={g}"
+            planned.append(BenchMethod(label, name, opts, needs_draft, lossless))
+    if sweep_gamma and not any("@g=" in m.name for m in planned):
+        raise TokenleapError("--sweep-gamma needs a method with a gamma option among --methods (e.g. sps)")
+    for m in planned:
+        if not m.is_hf:
+            METHODS[m.base].make_options(m.options)  # bad option values fail now, not mid-run
+        elif m.options.get("gamma") is not None and m.options["gamma"] < 1:
+            raise TokenleapError(f"gamma must be an integer >= 1, got {m.options['gamma']}")
+    return planned
+
+
+def unused_options(methods: list[BenchMethod], options: dict[str, Any]) -> list[str]:
+    used = {k for m in methods for k in accepted_options(m.base)}
+    return sorted(set(options) - used)
+
+
+# ---- measuring -----------------------------------------------------------------------------
+
+class EnergyMeter:
+    """Cumulative joules: Intel RAPL package counters when readable, else a labelled estimate."""
+
+    WATTS_PER_CORE = 10.0
+    ROOT = "/sys/class/powercap"
+
+    def __init__(self) -> None:
+        # Sub-zones (intel-rapl:0:0, ...) are parts of their package, so only packages are summed.
+        packages = [z for z in sorted(glob.glob(f"{self.ROOT}/intel-rapl:*"))
+                    if re.fullmatch(r"intel-rapl:\d+", os.path.basename(z))]
+        self.zones = [z for z in packages if _read_int(z + "/energy_uj") is not None]  # often root-only
+        self.source = "rapl" if self.zones else f"estimate: process CPU time x {self.WATTS_PER_CORE:g} W per core"
+        self._last = {z: _read_int(z + "/energy_uj") for z in self.zones}
+        self._total_uj = 0
+
+    def read(self) -> float:
+        if not self.zones:
+            # process_time sums CPU seconds over all threads, i.e. core-seconds.
+            return time.process_time() * self.WATTS_PER_CORE
+        for zone in self.zones:
+            now = _read_int(zone + "/energy_uj") or 0
+            delta = now - self._last[zone]
+            if delta < 0:  # the counter wrapped around
+                delta += _read_int(zone + "/max_energy_range_uj") or 0
+            self._total_uj += delta
+            self._last[zone] = now
+        return self._total_uj / 1e6
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def count_forwards(module: torch.nn.Module | None) -> Iterator[list[int]]:
+    """Count calls of a module's forward (HF generate's target or assistant steps)."""
+    calls = [0]
+    handle = None
+    if module is not None:
+        handle = module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        yield calls
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def assistant_settings(draft: Model | None, gamma: int | None) -> Iterator[None]:
+    """With a gamma, make HF's assistant draft exactly gamma tokens per round, like sps; the
+    assistant's generation_config is restored afterwards. Without one, HF's defaults apply."""
+    if draft is None or gamma is None:
+        yield
+        return
+    config = draft.hf_model.generation_config
+    wanted = {"num_assistant_tokens": gamma, "num_assistant_tokens_schedule": "constant",
+              "assistant_confidence_threshold": 0.0}
+    saved = {k: getattr(config, k, None) for k in wanted}
+    for k, v in wanted.items():
+        setattr(config, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(config, k, v)
+
+
+def cut_at_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
+    """Ids up to and including the first EOS, as tokenleap's driver counts them."""
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[:i + 1]
+    return ids
+
+
+def hf_generate(method: BenchMethod, target: Model, draft: Model | None, prompt_ids: list[int],
+                max_new_tokens: int, sampling: Sampling, seed: int) -> tuple[list[int], DecodeStats]:
+    """HF `generate` (plain or assisted) with the same warping, EOS and length as tokenleap."""
+    eos = sorted(target.eos_token_ids)
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=not sampling.greedy,
+                                  eos_token_id=eos or None, pad_token_id=eos[0] if eos else None,
+                                  repetition_penalty=1.0)  # explicit, so a checkpoint's defaults cannot differ
+    if not sampling.greedy:
+        kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+    assistant = draft if method.base == "hf-assisted" else None
+    if assistant is not None:
+        kwargs["assistant_model"] = assistant.hf_model
+    ids = torch.tensor([prompt_ids], device=target.hf_model.device)
+    torch.manual_seed(seed)
+    with (count_forwards(target.hf_model) as target_calls,
+          count_forwards(assistant.hf_model if assistant else None) as draft_calls,
+          assistant_settings(assistant, method.options.get("gamma"))):
+        out = target.hf_model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    new = cut_at_eos(out[0, len(prompt_ids):].tolist(), target.eos_token_ids)
+    stats = DecodeStats(method=method.name, prompt_tokens=len(prompt_ids), new_tokens=len(new),
+                        target_forwards=target_calls[0], draft_forwards=draft_calls[0])
+    if assistant is not None:
+        # Every target forward commits one token of its own; the rest were accepted drafts.
+        # HF does not expose how many drafts it proposed, so the acceptance rate stays unknown.
+        stats.accepted = max(0, len(new) - stats.target_forwards)
+    return new, stats
+
+
+def generate_once(method: BenchMethod, target: Model, draft: Model | None, prompt_ids: list[int],
+                  max_new_tokens: int, sampling: Sampling, seed: int) -> tuple[list[int], DecodeStats]:
+    if method.is_hf:
+        return hf_generate(method, target, draft, prompt_ids, max_new_tokens, sampling, seed)
+    result = generate(prompt_ids, method=method.base, model=target, draft=draft if method.needs_draft else None,
+                      max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                      top_p=sampling.top_p, seed=seed, **method.options)
+    result.stats.method = method.name
+    return result.token_ids, result.stats
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model, Model | None]:
+    """Target, and the draft when some method needs one; each loaded once for the whole run."""
+    target = get_model(config.model, config.dtype)
+    if not any(m.needs_draft for m in methods):
+        return target, None
+    draft_name = config.draft
+    if draft_name is None:
+        draft_name = REGISTRY[target.name].default_draft if target.name in REGISTRY else None
+        if draft_name is None:
+            needing = next(m.name for m in methods if m.needs_draft)
+            raise TokenleapError(f"method {needing!r} needs a draft model: pass --draft")
+    draft = get_model(draft_name, config.dtype)
+    check_compatible(target, draft)
+    if draft is target and any(m.base == "hf-assisted" for m in methods):
+        # One module as both models would merge the forward counts (and HF's assistant state).
+        raise TokenleapError("hf-assisted needs a draft distinct from the target (pass a copy's path as --draft)")
+    return target, draft
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+
+
+def run_config(config: BenchConfig, target: Model, draft: Model | None, energy_source: str) -> dict[str, Any]:
+    import transformers
+
+    return {"command_line": config.command_line(), "model": target.name, "draft": draft.name if draft else None,
+            "dtype": str(target.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+            "max_new_tokens": config.max_new_tokens, "sampling": dataclasses.asdict(config.sampling),
+            "greedy": config.sampling.greedy, "repeats": config.repeats, "seed": config.seed,
+            "prompts_file": str(config.prompts), "limit": config.limit, "categories": config.categories,
+            "energy_source": energy_source, "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info()}
+
+
+class Recorder:
+    """Holds the results and writes results.json atomically, so an interrupted or crashed run
+    still leaves every finished record on disk."""
+
+    def __init__(self, out: Path, config: dict[str, Any], methods: list[BenchMethod]) -> None:
+        self.out = out
+        self.results: dict[str, Any] = {"status": "running", "config": config,
+                                        "methods": [m.info() for m in methods], "summary": {}, "per_prompt": []}
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.results["per_prompt"].append(record)
+
+    def save(self, status: str | None = None) -> Path:
+        from .report import summarize
+
+        if status:
+            self.results["status"] = status
+        self.results["summary"] = summarize(self.results)
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "results.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.results, indent=1))
+        tmp.replace(path)
+        return path
+
+
+def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, repeat: int, seed: int,
+            run: Callable[[list[int], int], tuple[list[int], DecodeStats]], meter: EnergyMeter,
+            score: Callable[[list[int], list[int]], float] | None = None) -> dict[str, Any]:
+    """One timed generation as a per_prompt record; any exception becomes the record's error.
+    `score` (perplexity, in sampling runs) runs after the clock stops."""
+    record: dict[str, Any] = {"question_id": prompt.question_id, "category": prompt.category,
+                              "prompt_index": prompt.index, "method": method.name, "repeat": repeat,
+                              "seed": seed, "tokens": 0, "wall_s": 0.0, "energy_j": 0.0, "token_ids": [],
+                              "stats": None, "ppl": None, "error": None}
+    if isinstance(prompt_ids, str):  # the prompt itself is unusable: every method fails it
+        record["error"] = prompt_ids
+        return record
+    try:
+        energy0, start = meter.read(), time.perf_counter()
+        token_ids, stats = run(prompt_ids, seed)
+        wall = time.perf_counter() - start
+        record.update(tokens=len(token_ids), wall_s=wall, energy_j=meter.read() - energy0, token_ids=token_ids)
+        stats.wall_s = wall  # the harness's clock, identical for every method
+        record["stats"] = stats.to_dict()
+        if score is not None and token_ids:
+            record["ppl"] = score(prompt_ids, token_ids)
+    except Exception as exc:  # noqa: BLE001 - one bad prompt must not end the run
+        record["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return record
+
+
+def encode_prompts(target: Model, prompts: list[Prompt]) -> dict[int, list[int] | str]:
+    """Token ids per prompt (chat template applied), or the reason a prompt cannot be run."""
+    ids: dict[int, list[int] | str] = {}
+    for p in prompts:
+        try:
+            ids[p.index] = target.encode(p.text)
+        except TokenleapError as exc:
+            ids[p.index] = f"TokenleapError: {exc}"
+            continue
+        n = len(ids[p.index])
+        if n >= target.max_context:
+            ids[p.index] = f"TokenleapError: the prompt has {n} tokens; the context is {target.max_context}"
+    return ids
+
+
+def warm_up(methods: list[BenchMethod], run_method: Callable[..., Any], prompt_ids: list[int],
+            rounds: int) -> list[str]:
+    """A few untimed generations per method (allocator, caches, lazy init); errors are only noted,
+    since a method that fails here will be reported failed prompt by prompt anyway."""
+    errors = []
+    for _ in range(rounds):
+        for m in methods:
+            try:
+                run_method(m, prompt_ids, 0, WARMUP_TOKENS)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{m.name}: {type(exc).__name__}: {exc}".splitlines()[0])
+    return errors
+
+
+def progress_bar(enabled: bool) -> "Progress":
+    """Progress over prompt x method x repeat with an ETA, on stderr (stdout gets the tables)."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark, write results.json (incrementally), report.md and the plots; return the results."""
+    methods = plan_methods(config.methods, config.options, config.sweep_gamma)
+    prompts = load_prompts(config.prompts, config.limit, config.categories)
+    if config.repeats < 1:
+        raise TokenleapError(f"--repeats must be >= 1, got {config.repeats}")
+    if config.max_new_tokens < 1:
+        raise TokenleapError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}")
+    if config.threads is not None:
+        if config.threads < 1:
+            raise TokenleapError(f"--threads must be >= 1, got {config.threads}")
+        torch.set_num_threads(config.threads)
+    target, draft = load_models(config, methods)
+    meter = EnergyMeter()
+    recorder = Recorder(Path(config.out), run_config(config, target, draft, meter.source), methods)
+
+    def run_method(m: BenchMethod, prompt_ids: list[int], seed: int, max_new: int = config.max_new_tokens):
+        return generate_once(m, target, draft, prompt_ids, max_new, config.sampling, seed)
+
+    def score(prompt_ids: list[int], token_ids: list[int]) -> float:
+        return perplexity(target, prompt_ids, token_ids)
+
+    prompt_ids = encode_prompts(target, prompts)
+    first = next((ids for ids in prompt_ids.values() if isinstance(ids, list)), None)
+    recorder.results["config"]["warmup_errors"] = warm_up(methods, run_method, first, config.warmup) if first else []
+    status = "interrupted"
+    try:
+        with progress_bar(config.progress) as bar:
+            task = bar.add_task("bench", total=len(prompts) * len(methods) * config.repeats)
+            for repeat in range(config.repeats):
+                for prompt in prompts:
+                    seed = config.seed + repeat * len(prompts) + prompt.index
+                    shift = (prompt.index + repeat) % len(methods)
+                    for m in methods[shift:] + methods[:shift]:  # rotate who goes first
+                        bar.update(task, description=f"{prompt.category}/{prompt.question_id} {m.name}")
+                        recorder.add(measure(m, prompt, prompt_ids[prompt.index], repeat, seed,
+                                             lambda ids, s, m=m: run_method(m, ids, s), meter,
+                                             None if config.sampling.greedy else score))
+                        bar.advance(task)
+                    recorder.save()
+        status = "complete"
+    finally:
+        recorder.save(status)
+        write_outputs(recorder.results, Path(config.out))
+        recorder.save()  # again, in case writing the report noted a plotting error
+    return recorder.results
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """report.md and the plots; best effort, since results.json is what matters."""
+    from .plots import write_plots
+    from .report import markdown_report
+
+    try:
+        plots = write_plots(results, out)
+    except Exception as exc:  # noqa: BLE001 - a plotting problem must not lose the report
+        plots = []
+        results.setdefault("config", {})["plot_error"] = f"{type(exc).__name__}: {exc}"
+    (out / "report.md").write_text(markdown_report(results, plots))

@@ -1,0 +1,216 @@
+"""Turning per-prompt records into the summary, the markdown report and run comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokenleapError
+
+BASELINE = "ar"
+
+PPL_NOTE = ("ppl: per sample, exp(-mean log-prob of its generated tokens, EOS included) under the target "
+            "at T=1 without top-k/top-p, given the prompt and earlier tokens; the table shows the "
+            "arithmetic mean of these per-sample perplexities (sampling runs only).")
+
+
+# ---- summary ---------------------------------------------------------------------------------
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _sum_lists(lists: list[list[int]]) -> list[int]:
+    out = [0] * max((len(x) for x in lists), default=0)
+    for x in lists:
+        for i, v in enumerate(x):
+            out[i] += v
+    return out
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of one method over some records: totals first, ratios of totals after, so long
+    generations weigh more than short ones (tokens/s = all tokens / all wall time)."""
+    ok = [r for r in records if r["error"] is None]
+    stats = [r["stats"] for r in ok]
+    tokens = sum(r["tokens"] for r in ok)
+    wall = sum(r["wall_s"] for r in ok)
+    target_fw = sum(s["target_forwards"] for s in stats)
+    accepted = sum(s["accepted"] for s in stats)
+    proposed = sum(s["proposed"] for s in stats)
+    proposed_at = _sum_lists([s["proposed_at"] for s in stats])
+    accepted_at = _sum_lists([s["accepted_at"] for s in stats])
+    ppls = [r["ppl"] for r in ok if r.get("ppl") is not None]
+    return {
+        "runs": len(records), "failed": len(records) - len(ok), "tokens": tokens, "wall_s": wall,
+        "tokens_per_s": _ratio(tokens, wall) or 0.0,
+        "mean_accepted_length": 1.0 + accepted / target_fw if target_fw else 1.0,
+        "acceptance_rate": _ratio(accepted, proposed),
+        "acceptance_by_position": [a / p if p else 0.0 for a, p in zip(accepted_at, proposed_at)],
+        "target_forwards_per_token": _ratio(target_fw, tokens),
+        "draft_forwards_per_token": _ratio(sum(s["draft_forwards"] for s in stats), tokens),
+        "ppl": sum(ppls) / len(ppls) if ppls else None,
+        "energy_j_per_token": _ratio(sum(r["energy_j"] for r in ok), tokens),
+    }
+
+
+def exact_match(records: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> float | None:
+    """Fraction of (prompt, repeat) pairs whose token ids equal the baseline's; pairs where
+    either side failed are left out."""
+    reference = {(r["prompt_index"], r["repeat"]): r["token_ids"] for r in baseline if r["error"] is None}
+    pairs = [(r["token_ids"], reference[key]) for r in records
+             if r["error"] is None and (key := (r["prompt_index"], r["repeat"])) in reference]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+
+
+def _method_metrics(records: list[dict[str, Any]], baseline: list[dict[str, Any]] | None,
+                    greedy: bool) -> dict[str, Any]:
+    metrics = aggregate(records)
+    base_tps = aggregate(baseline)["tokens_per_s"] if baseline else 0.0
+    metrics["speedup"] = _ratio(metrics["tokens_per_s"], base_tps) if baseline else None
+    metrics["exact_match"] = exact_match(records, baseline) if greedy and baseline else None
+    return metrics
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """The `summary` object: per method, overall and per category."""
+    records = results["per_prompt"]
+    greedy = results["config"].get("greedy", True)
+    names = [m["name"] for m in results["methods"]]
+    by_method = {n: [r for r in records if r["method"] == n] for n in names}
+    baseline = by_method.get(BASELINE)
+    categories = list(dict.fromkeys(r["category"] for r in records))
+    summary = {}
+    for name in names:
+        mine = by_method[name]
+        entry = _method_metrics(mine, baseline, greedy)
+        entry["energy_source"] = results["config"].get("energy_source")
+        entry["per_category"] = {
+            c: _method_metrics([r for r in mine if r["category"] == c],
+                               [r for r in baseline if r["category"] == c] if baseline else None, greedy)
+            for c in categories}
+        summary[name] = entry
+    return summary
+
+
+# ---- markdown ---------------------------------------------------------------------------------
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _metric_cells(m: dict[str, Any]) -> list[str]:
+    return [_fmt(m["tokens_per_s"], 1), _fmt(m["speedup"]), _fmt(m["mean_accepted_length"]),
+            _fmt(m["acceptance_rate"]), _fmt(m["target_forwards_per_token"]), _fmt(m["draft_forwards_per_token"]),
+            _fmt(m["exact_match"]), _fmt(m["ppl"]), _fmt(m["energy_j_per_token"], 3), str(m["failed"])]
+
+
+METRIC_HEADER = ["tok/s", "speedup", "mean acc. len", "acc. rate", "target fw/tok", "draft fw/tok",
+                 "exact match", "ppl", "J/tok", "failed"]
+
+
+def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) -> str:
+    cfg, summary = results["config"], results["summary"]
+    lines = ["# tokenleap benchmark", "",
+             f"- status: {results['status']}", f"- command: `{cfg['command_line']}`",
+             f"- model: {cfg['model']}" + (f", draft: {cfg['draft']}" if cfg.get("draft") else ""),
+             f"- dtype {cfg['dtype']}, {cfg['threads']} threads, max_new_tokens {cfg['max_new_tokens']}, "
+             f"sampling {cfg['sampling']}, repeats {cfg['repeats']}, seed {cfg['seed']}",
+             f"- torch {cfg['torch']}, transformers {cfg['transformers']}, {cfg['date']}, "
+             f"{cfg['machine']['cpu']} ({cfg['machine']['cpu_count']} CPUs)",
+             f"- energy: {cfg['energy_source']}", "", "## Overall", ""]
+    lines += _table(["method"] + METRIC_HEADER, [[n] + _metric_cells(m) for n, m in summary.items()])
+    lines += ["", "## Per category", ""]
+    rows = [[c, n] + _metric_cells(m["per_category"][c])
+            for c in _categories(summary) for n, m in summary.items()]
+    lines += _table(["category", "method"] + METRIC_HEADER, rows)
+    lines += ["", "## Acceptance by draft position", ""]
+    accept = {n: m["acceptance_by_position"] for n, m in summary.items() if m["acceptance_by_position"]}
+    if accept:
+        width = max(len(v) for v in accept.values())
+        lines += _table(["method"] + [str(i + 1) for i in range(width)],
+                        [[n] + [_fmt(x) for x in v] + [""] * (width - len(v)) for n, v in accept.items()])
+    else:
+        lines.append("No method proposed drafts.")
+    lines += ["", "## Notes", "", *_notes(results)]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _categories(summary: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(c for m in summary.values() for c in m["per_category"]))
+
+
+def _notes(results: dict[str, Any]) -> list[str]:
+    cfg = results["config"]
+    notes = ["- tok/s = all generated tokens / all wall time (EOS included; counted as token ids for "
+             "every method); speedup is against `ar` in the same run and category.",
+             "- mean acc. len = 1 + accepted drafts / target forwards. For hf-assisted, accepted drafts are "
+             "derived as tokens - target forwards (HF does not report proposals, so no acceptance rate).",
+             f"- {PPL_NOTE}",
+             "- exact match (greedy runs): fraction of prompts whose token ids equal `ar`'s."]
+    if cfg.get("greedy") and BASELINE in results["summary"]:
+        lossless = {m["name"] for m in results["methods"] if m["lossless"]}
+        off = [n for n, m in results["summary"].items()
+               if n in lossless and m["exact_match"] is not None and m["exact_match"] < 1.0]
+        notes.append("- lossless check: " + (f"outputs differ from `ar` for {', '.join(off)} (in bf16, "
+                                            "round-off between batched and single-token forwards can flip "
+                                            "near-tied argmaxes)" if off else "every lossless method matched `ar`."))
+    failed = [r for r in results["per_prompt"] if r["error"]]
+    for r in failed[:10]:
+        notes.append(f"- failed: {r['method']} on {r['category']}/{r['question_id']}: {r['error']}")
+    if len(failed) > 10:
+        notes.append(f"- ... and {len(failed) - 10} more failures (see results.json)")
+    return notes
+
+
+# ---- comparing runs -----------------------------------------------------------------------------
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TokenleapError(f"results file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TokenleapError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(results, dict) or not isinstance(results.get("summary"), dict):
+        raise TokenleapError(f"{path} is not a tokenleap bench results file (no summary)")
+    return results
+
+
+def _change(a: float | None, b: float | None, digits: int = 2, relative: bool = False) -> str:
+    if a is None or b is None:
+        return f"{_fmt(a, digits)} → {_fmt(b, digits)}"
+    delta = f"{(b - a) / a * 100:+.1f}%" if relative and a else f"{b - a:+.{digits}f}"
+    return f"{a:.{digits}f} → {b:.{digits}f} ({delta})"
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "A", b_name: str = "B") -> str:
+    """A markdown table of per-method changes from run A to run B."""
+    names = list(dict.fromkeys([*a["summary"], *b["summary"]]))
+    rows = []
+    for n in names:
+        ma, mb = a["summary"].get(n, {}), b["summary"].get(n, {})
+        rows.append([n] + [_change(ma.get(k), mb.get(k), d, rel) for k, d, rel in
+                           (("tokens_per_s", 1, True), ("speedup", 2, False), ("mean_accepted_length", 2, False),
+                            ("acceptance_rate", 2, False), ("ppl", 2, False))])
+    lines = [f"A = {a_name}", f"B = {b_name}", ""]
+    lines += _table(["method", "tok/s", "speedup", "mean acc. len", "acc. rate", "ppl"], rows)
+    differing = [k for k in ("model", "draft", "dtype", "threads", "max_new_tokens", "sampling", "machine")
+                 if a.get("config", {}).get(k) != b.get("config", {}).get(k)]
+    if differing:
+        lines += ["", f"note: the runs differ in {', '.join(differing)}; tokens/s compare only within like runs."]
+    return "\n".join(lines)

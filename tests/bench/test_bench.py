@@ -1,0 +1,194 @@
+"""`tokenleap bench` end to end on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tokenleap import TokenleapError
+from tokenleap.bench.harness import EnergyMeter, load_prompts
+from tokenleap.cli import main
+from tokenleap.methods import METHODS, MethodSpec, ar
+
+SUMMARY_KEYS = {"tokens_per_s", "speedup", "mean_accepted_length", "acceptance_rate", "acceptance_by_position",
+                "target_forwards_per_token", "draft_forwards_per_token", "ppl", "exact_match",
+                "energy_j_per_token", "energy_source", "failed", "per_category"}
+RECORD_KEYS = {"question_id", "category", "method", "tokens", "wall_s", "token_ids", "stats", "error"}
+CONFIG_KEYS = {"command_line", "model", "dtype", "threads", "torch", "transformers", "date", "machine"}
+
+
+def test_greedy_run_schema_counting_and_exact_match(bench, tmp_path, prompt_rows):
+    code, results = bench("--methods", "ar,sps,hf,hf-assisted", "--gamma", "3")
+    assert code == 0 and results["status"] == "complete"
+    assert CONFIG_KEYS <= set(results["config"])
+    summary = results["summary"]
+    assert list(summary) == ["ar", "sps", "hf", "hf-assisted"]
+    records = results["per_prompt"]
+    assert len(records) == len(prompt_rows) * 4
+    for r in records:
+        assert RECORD_KEYS <= set(r) and r["error"] is None
+        assert r["tokens"] == len(r["token_ids"]) == r["stats"]["new_tokens"] > 0
+        eos_at = [i for i, t in enumerate(r["token_ids"]) if t == 1]  # the tiny models' EOS id is 1
+        assert eos_at in ([], [len(r["token_ids"]) - 1])  # cut at the first EOS, kept
+    for name, m in summary.items():
+        assert SUMMARY_KEYS <= set(m), name
+        mine = [r for r in records if r["method"] == name]
+        assert m["tokens_per_s"] == pytest.approx(sum(r["tokens"] for r in mine) / sum(r["wall_s"] for r in mine))
+        assert set(m["per_category"]) == {"alpha", "beta"}
+        assert m["ppl"] is None and m["failed"] == 0
+        # Every method here is lossless: greedy output must equal ar's token for token in fp32.
+        assert m["exact_match"] == 1.0, name
+    assert summary["ar"]["speedup"] == pytest.approx(1.0)
+    assert summary["ar"]["mean_accepted_length"] == summary["hf"]["mean_accepted_length"] == 1.0
+    assert summary["sps"]["acceptance_rate"] is not None and summary["hf"]["acceptance_rate"] is None
+    assert len(summary["sps"]["acceptance_by_position"]) == 3
+    assert summary["sps"]["draft_forwards_per_token"] > 0 and summary["hf-assisted"]["draft_forwards_per_token"] > 0
+    assert next(m for m in results["methods"] if m["name"] == "hf-assisted")["options"] == {"gamma": 3}
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"results.json", "report.md", "speedup_by_category.png", "acceptance_by_position.png"} <= files
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Per category" in report and "| alpha | sps |" in report
+
+
+def test_sampling_run_reports_perplexity(bench):
+    code, results = bench("--methods", "ar,sps,hf", "-t", "1.0", "--top-k", "8", "--repeats", "2", draft="twin")
+    assert code == 0
+    assert results["config"]["greedy"] is False
+    for name, m in results["summary"].items():
+        assert m["exact_match"] is None
+        ppls = [r["ppl"] for r in results["per_prompt"] if r["method"] == name]
+        assert all(p >= 1.0 for p in ppls)
+        assert m["ppl"] == pytest.approx(sum(ppls) / len(ppls))
+    # The twin draft equals the target, so p/q = 1 and every draft is accepted.
+    assert results["summary"]["sps"]["acceptance_rate"] == 1.0
+    assert results["summary"]["sps"]["mean_accepted_length"] > 2
+
+
+def test_slowed_method_gets_lower_speedup(bench, monkeypatch):
+    def slow_decode(ctx):
+        for block in ar.decode(ctx):
+            time.sleep(0.004)
+            yield block
+
+    monkeypatch.setitem(METHODS, "slow", MethodSpec("slow", slow_decode, ar.AROptions, needs_draft=False,
+                                                     lossless=True, description="ar with a nap per block"))
+    code, results = bench("--methods", "ar,slow", draft=None)
+    assert code == 0
+    assert results["summary"]["slow"]["speedup"] < 0.7
+    assert results["summary"]["slow"]["exact_match"] == 1.0
+
+
+def test_failing_prompt_is_recorded_and_run_completes(bench, monkeypatch):
+    def flaky_decode(ctx):
+        if 7 in ctx.prompt_ids:  # only question 2 contains w7
+            raise RuntimeError("boom on w7")
+        yield from ar.decode(ctx)
+
+    monkeypatch.setitem(METHODS, "flaky", MethodSpec("flaky", flaky_decode, ar.AROptions, needs_draft=False,
+                                                      lossless=True, description="fails on one prompt"))
+    code, results = bench("--methods", "ar,flaky", draft=None)
+    assert code == 0 and results["status"] == "complete"
+    flaky = [r for r in results["per_prompt"] if r["method"] == "flaky"]
+    failed = [r for r in flaky if r["error"]]
+    assert [r["question_id"] for r in failed] == [2]
+    assert "boom on w7" in failed[0]["error"]
+    assert results["summary"]["flaky"]["failed"] == 1
+    assert results["summary"]["flaky"]["per_category"]["alpha"]["failed"] == 1
+    assert results["summary"]["ar"]["failed"] == 0
+    assert sum(r["tokens"] for r in flaky) == results["summary"]["flaky"]["tokens"] > 0
+
+
+def test_interrupted_run_keeps_partial_results(bench, monkeypatch):
+    def interrupted(ctx):
+        if 10 in ctx.prompt_ids:  # only question 3 has w10 (the warm-up uses question 1)
+            raise KeyboardInterrupt
+        yield from ar.decode(ctx)
+
+    monkeypatch.setitem(METHODS, "ctrl-c", MethodSpec("ctrl-c", interrupted, ar.AROptions, needs_draft=False,
+                                                       lossless=True, description="interrupts the run"))
+    code, results = bench("--methods", "ctrl-c", draft=None)
+    assert code == 130
+    assert results["status"] == "interrupted"
+    # Saved after each prompt: the two prompts before question 3 are on disk.
+    assert [r["question_id"] for r in results["per_prompt"]] == [1, 2]
+
+
+def test_gamma_sweep_runs_each_gamma_and_plots(bench, tmp_path):
+    code, results = bench("--methods", "ar,sps", "--sweep-gamma", "1,2", "--limit", "2", "-n", "6")
+    assert code == 0
+    assert list(results["summary"]) == ["ar", "sps@g=1", "sps@g=2"]
+    assert [m["options"]["gamma"] for m in results["methods"][1:]] == [1, 2]
+    assert (tmp_path / "out" / "tokens_per_s_vs_gamma.png").stat().st_size > 1000
+    # --limit takes prompts round-robin over categories.
+    assert {r["category"] for r in results["per_prompt"]} == {"alpha", "beta"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "ar,nope"], "unknown method 'nope'"),
+    (["--methods", "sps"], "needs a draft model"),
+    (["--methods", "hf-assisted"], "needs a draft model"),
+    (["--methods", "ar", "--categories", "gamma"], "unknown category 'gamma'"),
+    (["--methods", "ar", "--sweep-gamma", "2"], "--sweep-gamma needs a method with a gamma option"),
+])
+def test_bad_arguments_give_one_line_errors(bench, capsys, args, message):
+    code, results = bench(*args, draft=None)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and results is None
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_bad_prompt_files(tiny_models, tmp_path, capsys, prompt_rows):
+    def run(path):
+        return main(["bench", "--prompts", str(path), "--model", str(tiny_models["target"]), "--out",
+                     str(tmp_path / "o"), "--no-progress"])
+
+    assert run(tmp_path / "missing.jsonl") == 2
+    assert "prompt file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(prompt_rows[0]) + "\n{not json\n")
+    assert run(bad) == 2
+    assert "line 2: bad JSON" in capsys.readouterr().err
+    bad.write_text(json.dumps(prompt_rows[0]) + "\n" + json.dumps({"question_id": 9, "category": "x"}) + "\n")
+    assert run(bad) == 2
+    assert "line 2: need question_id, category" in capsys.readouterr().err
+
+
+def test_load_prompts_limit_is_round_robin(prompts_file):
+    prompts = load_prompts(prompts_file, limit=3)
+    assert [p.question_id for p in prompts] == [1, 3, 2]
+    assert [p.text for p in load_prompts(prompts_file, categories=["beta"])] == ["w9 w10 w11 w12", "w13 w14"]
+    with pytest.raises(TokenleapError, match="--limit"):
+        load_prompts(prompts_file, limit=0)
+
+
+def test_compare_prints_per_method_differences(bench, tmp_path, capsys):
+    code, results = bench("--methods", "ar,sps", "--limit", "2", "-n", "6")
+    assert code == 0
+    faster = json.loads(json.dumps(results))
+    faster["summary"]["sps"]["tokens_per_s"] = 2 * results["summary"]["sps"]["tokens_per_s"]
+    other = tmp_path / "b.json"
+    other.write_text(json.dumps(faster))
+    capsys.readouterr()
+    assert main(["bench", "--compare", str(tmp_path / "out"), str(other)]) == 0
+    table = capsys.readouterr().out
+    assert "| ar |" in table and "| sps |" in table and "(+100.0%)" in table
+    assert main(["bench", "--compare", str(tmp_path / "out"), str(tmp_path / "nowhere.json")]) == 2
+    assert "results file not found" in capsys.readouterr().err
+
+
+def test_energy_meter_reads_rapl_packages_and_handles_wraparound(tmp_path, monkeypatch):
+    for zone, energy in (("intel-rapl:0", 1_000_000), ("intel-rapl:0:0", 5), ("intel-rapl:1", 2_000_000)):
+        (tmp_path / zone).mkdir()
+        (tmp_path / zone / "energy_uj").write_text(f"{energy}\n")
+        (tmp_path / zone / "max_energy_range_uj").write_text("10000000\n")
+    monkeypatch.setattr(EnergyMeter, "ROOT", str(tmp_path))
+    meter = EnergyMeter()
+    assert meter.source == "rapl" and len(meter.zones) == 2  # the sub-zone is part of package 0
+    start = meter.read()
+    (tmp_path / "intel-rapl:0" / "energy_uj").write_text("3000000\n")  # +2 J
+    (tmp_path / "intel-rapl:1" / "energy_uj").write_text("500000\n")  # wrapped: +8.5 J
+    assert meter.read() - start == pytest.approx(10.5)
+    monkeypatch.setattr(EnergyMeter, "ROOT", str(tmp_path / "none"))
+    assert EnergyMeter().source.startswith("estimate: process CPU time x 10 W per core")
