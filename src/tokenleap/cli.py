@@ -64,6 +64,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.model, draft=args.draft, host=args.host, port=args.port, method=args.method, dtype=args.dtype,
+          queue_size=args.queue_size)
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     parser = argparse.ArgumentParser(prog="tokenleap", description="Multi-token decoding for causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +93,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
     models = sub.add_parser("models", help="list registry model names")
     handlers["models"] = cmd_models
+
+    srv = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API (completions, chat, streaming)")
+    srv.add_argument("--model", default=DEFAULT_MODEL, help="registry name, HF directory, .gguf file or hub id")
+    srv.add_argument("--draft", default=None, help="draft model for draft-based methods")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--method", "-m", default="ar",
+                     help=f"default method when a request names none: {', '.join(METHODS)}")
+    srv.add_argument("--dtype", default=None, help="bf16 (default on CPU), fp32 or fp16")
+    srv.add_argument("--queue-size", type=int, default=16,
+                     help="most requests admitted at once, the running one included; more get HTTP 429")
+    handlers["serve"] = cmd_serve
 
     from .bench.command import add_bench_command  # here, not at the top: bench imports this module
 
