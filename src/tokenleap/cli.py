@@ -109,6 +109,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     from .bench.command import add_bench_command  # here, not at the top: bench imports this module
 
     handlers["bench"] = add_bench_command(sub)
+    from .train.command import add_train_command
+
+    handlers["train"] = add_train_command(sub)
     return parser, handlers
 
 

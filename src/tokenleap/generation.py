@@ -63,7 +63,7 @@ class GenerationStream:
 
 def check_compatible(target: Model, draft: Model) -> None:
     """A draft must share the target's tokenizer: same vocabulary, same ids."""
-    if target.runner.vocab_size != draft.runner.vocab_size or target.tokenizer.get_vocab() != draft.tokenizer.get_vocab():
+    if target.runner.vocab_size != draft.runner.vocab_size or target.vocab_fingerprint != draft.vocab_fingerprint:
         raise TokenleapError(
             f"draft {draft.name!r} does not share the target's vocabulary "
             f"({draft.runner.vocab_size} vs {target.runner.vocab_size} logits, tokenizers differ)"
@@ -80,8 +80,8 @@ def prepare(prompt: str | Messages | list[int], method: str, model: str | Model,
     method_options = spec.make_options(options)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
         raise TokenleapError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not isinstance(seed, int):
-        raise TokenleapError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not -(2 ** 63) <= seed < 2 ** 64:
+        raise TokenleapError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
     stop_strings = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if any(not isinstance(s, str) or not s for s in stop_strings):
         raise TokenleapError("stop strings must be non-empty strings")
@@ -129,9 +129,10 @@ def run(spec: MethodSpec, ctx: DecodeContext, stop: StopCondition) -> Iterator[s
                 break
             yield stream.settled(stream.text(new_ids))
     finally:
+        # Also when the consumer stops early (a cancelled stream): the stats stay truthful.
         blocks.close()
-    ctx.stats.wall_s = time.perf_counter() - start
-    ctx.stats.new_tokens = len(new_ids)
+        ctx.stats.wall_s = time.perf_counter() - start
+        ctx.stats.new_tokens = len(new_ids)
     text = stop.cut_text(target.decode(new_ids))
     yield stream.flush(text)
     yield GenerationResult(text=text, token_ids=new_ids, prompt_ids=ctx.prompt_ids,

@@ -57,3 +57,18 @@ def test_tree_mask_equals_separate_branches(tiny):
 
 def test_hf_runner_is_used_when_asked(tiny):
     assert isinstance(tiny(runner="hf", vocab_size=32, seed=0).runner, HFRunner)
+
+
+def test_reduced_head_gives_minus_inf_outside_the_subset(tiny):
+    from tokenleap.models.llama import LlamaRunner
+
+    model = tiny(vocab_size=32, seed=0)
+    subset = [1, 4, 9, 30]
+    reduced = LlamaRunner(model.hf_model, subset)
+    ids = torch.tensor([[3, 4, 5]])
+    full = model.runner.forward(model.runner.new_cache(), ids)
+    part = reduced.forward(reduced.new_cache(), ids)
+    assert torch.allclose(part[..., subset], full[..., subset], atol=1e-5)
+    outside = torch.ones(32, dtype=torch.bool)
+    outside[subset] = False
+    assert torch.isinf(part[..., outside]).all()

@@ -47,7 +47,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaRunner:
-    def __init__(self, hf_model: torch.nn.Module) -> None:
+    def __init__(self, hf_model: torch.nn.Module, head_subset: list[int] | None = None) -> None:
         cfg = hf_model.config
         inner = hf_model.model
         self.hf_model = hf_model
@@ -60,6 +60,12 @@ class LlamaRunner:
         self.final_norm = inner.norm.weight
         self.head_w = hf_model.lm_head.weight
         self.vocab_size = self.head_w.shape[0]
+        # A reduced head (drafts): logits only for these ids, -inf elsewhere, so the model
+        # never proposes a token outside them and costs a fraction of a full head.
+        self.head_ids = None
+        if head_subset is not None:
+            self.head_ids = torch.tensor(head_subset, dtype=torch.long, device=self.head_w.device)
+            self.head_w = self.head_w[self.head_ids]
         self.dtype = self.head_w.dtype
         self.device = self.head_w.device
         self.layers = [self._fuse(layer) for layer in inner.layers]
@@ -104,7 +110,11 @@ class LlamaRunner:
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: hidden states [B, n, d] -> logits [B, n, V]."""
-        return F.linear(self.rms_norm(hidden, self.final_norm), self.head_w)
+        logits = F.linear(self.rms_norm(hidden, self.final_norm), self.head_w)
+        if self.head_ids is None:
+            return logits
+        full = logits.new_full(logits.shape[:-1] + (self.vocab_size,), float("-inf"))
+        return full.index_copy_(-1, self.head_ids, logits)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if int(positions.max()) >= self._cos.shape[0]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from ..errors import TokenleapError
 from . import llama
 from .hf import HFRunner
-from .registry import REGISTRY, cache_home
+from .registry import REGISTRY, SUBSET_FILE, cache_home
 from .runner import Runner
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
@@ -46,6 +47,12 @@ class Model:
     def dtype(self) -> torch.dtype:
         return self.runner.dtype
 
+    @functools.cached_property
+    def vocab_fingerprint(self) -> str:
+        """A digest of the tokenizer's token -> id map (computed once), to compare tokenizers."""
+        items = sorted(self.tokenizer.get_vocab().items())
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
     def encode(self, prompt: str | Messages | list[int], chat: bool | None = None) -> list[int]:
         """Token ids of a prompt. Text or messages get the chat template when the tokenizer
         has one (unless chat=False); a list of ints is taken as ids already."""
@@ -54,6 +61,8 @@ class Model:
         elif isinstance(prompt, (str, list)):
             use_chat = bool(getattr(self.tokenizer, "chat_template", None)) if chat is None else chat
             if isinstance(prompt, list) or use_chat:
+                if not getattr(self.tokenizer, "chat_template", None):
+                    raise TokenleapError(f"model {self.name!r} has no chat template: pass text or token ids")
                 messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
                 _check_messages(messages)
                 if not any(m["content"].strip() for m in messages):
@@ -165,7 +174,9 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     if runner == "lean" and not llama.supports(hf_model):
         raise TokenleapError(f"the lean runner does not cover model type {hf_model.config.model_type!r}; use runner='hf'")
     use_lean = runner == "lean" or (runner == "auto" and llama.supports(hf_model))
-    exec_runner: Runner = llama.LlamaRunner(hf_model) if use_lean else HFRunner(hf_model)
+    subset_file = Path(source) / SUBSET_FILE
+    head_subset = json.loads(subset_file.read_text()) if use_lean and subset_file.is_file() else None
+    exec_runner: Runner = llama.LlamaRunner(hf_model, head_subset) if use_lean else HFRunner(hf_model)
     eos = hf_model.generation_config.eos_token_id
     eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
     if tokenizer.eos_token_id is not None:

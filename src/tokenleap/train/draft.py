@@ -1,0 +1,265 @@
+"""`tokenleap train draft`: distil a small draft model from a target (self-distillation).
+
+1. data: the target answers training prompts (disjoint from Spec-Bench) — greedily, the way the
+   benchmark decodes — and we store, for every generated position, its top-k log-probs.
+2. model: a few of the target's own layers at the target's width, sharing its embeddings and
+   tied LM head (frozen), so only the layers and the final norm train.
+3. loss: cross-entropy of the draft against the target's top-k distribution, restricted to a
+   reduced vocabulary (the most frequent generated tokens). The reduced head is what makes a
+   draft forward cheap; verification stays exact because the draft simply never proposes
+   tokens outside it.
+4. export: the trained layers (bf16) + config + vocabulary subset, small enough to commit; the
+   embeddings are taken from the target when the draft is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ..models.loading import Model
+from .common import load_checkpoint, progress, save_checkpoint, seed_everything
+from .prompts import training_prompts
+
+SHARD_SIZE = 48
+
+
+@dataclass
+class DraftTrainConfig:
+    out: str = "runs/draft"
+    prompts: int = 1512
+    max_new_tokens: int = 192
+    top_k: int = 32  # target log-probs kept per position
+    layers: str = "0,1,2,29"  # target layers the draft starts from
+    vocab: int = 8192  # reduced draft vocabulary
+    steps: int = 3000
+    tokens_per_step: int = 4096
+    lr: float = 5e-4
+    warmup: int = 50
+    seed: int = 0
+    eval_every: int = 100
+    save_every: int = 25
+
+
+# -- 1. data -----------------------------------------------------------------------------
+def build_dataset(target: Model, cfg: DraftTrainConfig) -> list[Path]:
+    """Generate (or resume generating) shards of target-written sequences with top-k targets."""
+    data_dir = Path(cfg.out) / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    prompts = training_prompts(cfg.prompts, cfg.seed)
+    shards = [prompts[i:i + SHARD_SIZE] for i in range(0, len(prompts), SHARD_SIZE)]
+    paths = [data_dir / f"shard-{i:04d}.pt" for i in range(len(shards))]
+    todo = [i for i, p in enumerate(paths) if not p.is_file()]
+    with progress() as bar:
+        task = bar.add_task("target writes training text", total=len(shards), completed=len(shards) - len(todo),
+                            info="")
+        for i in todo:
+            start = time.perf_counter()
+            records = [score(target, ids, cfg.top_k) for ids in generate_batch(target, shards[i], cfg.max_new_tokens)]
+            save_checkpoint(paths[i], {"records": records})
+            n = sum(len(r["topk_ids"]) for r in records)
+            bar.update(task, advance=1, info=f"{n / (time.perf_counter() - start):.0f} tok/s")
+    return paths
+
+
+@torch.no_grad()
+def generate_batch(target: Model, prompts: list[str], max_new_tokens: int) -> list[tuple[list[int], int]]:
+    """Greedy answers for a batch of prompts (left-padded HF generate): (ids, prompt length)."""
+    tok = target.tokenizer
+    encoded = [target.encode(p) for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = sorted(target.eos_token_ids)[0]
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    out = target.hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=pad, eos_token_id=sorted(target.eos_token_ids))
+    result = []
+    for e, row in zip(encoded, out[:, width:].tolist()):
+        gen = row
+        for j, t in enumerate(row):
+            if t in target.eos_token_ids:
+                gen = row[: j + 1]
+                break
+        result.append((e + gen, len(e)))
+    del tok
+    return result
+
+
+@torch.no_grad()
+def score(target: Model, seq: tuple[list[int], int], top_k: int) -> dict:
+    """Top-k target log-probs at every position that predicts a generated token."""
+    ids, prompt_len = seq
+    logits = target.hf_model(torch.tensor([ids])).logits[0, prompt_len - 1: len(ids) - 1].float()
+    top = logits.log_softmax(-1).topk(top_k, dim=-1)
+    return {"ids": torch.tensor(ids, dtype=torch.int32), "start": prompt_len - 1,
+            "topk_ids": top.indices.to(torch.int32), "topk_logp": top.values.to(torch.float16)}
+
+
+def load_records(paths: list[Path]) -> list[dict]:
+    return [r for p in paths for r in torch.load(p, weights_only=False)["records"]]
+
+
+def vocabulary_subset(records: list[dict], size: int, always: set[int]) -> torch.Tensor:
+    """The `size` token ids the target most often puts first, plus `always` (EOS...), sorted."""
+    counts = torch.zeros(int(max(r["topk_ids"].max() for r in records)) + 1, dtype=torch.float64)
+    for r in records:
+        # weight by the target's probability so near-misses count too
+        counts.index_add_(0, r["topk_ids"].long().flatten(), r["topk_logp"].double().exp().flatten())
+    top = set(counts.topk(min(size - len(always), len(counts))).indices.tolist()) | always
+    return torch.tensor(sorted(top), dtype=torch.long)
+
+
+# -- 2. model -----------------------------------------------------------------------------
+def init_draft(target: Model, layers: list[int]) -> LlamaForCausalLM:
+    """A Llama with the chosen target layers, the target's embeddings/head (tied) and norm."""
+    cfg = LlamaConfig(**{k: v for k, v in target.config.to_dict().items()
+                         if k not in ("num_hidden_layers", "architectures", "dtype", "torch_dtype")})
+    cfg.num_hidden_layers = len(layers)
+    cfg.tie_word_embeddings = True
+    draft = LlamaForCausalLM(cfg).float()
+    src = target.hf_model.model
+    with torch.no_grad():
+        draft.model.embed_tokens.weight.copy_(src.embed_tokens.weight)
+        draft.model.norm.weight.copy_(src.norm.weight)
+        for i, j in enumerate(layers):
+            draft.model.layers[i].load_state_dict(src.layers[j].state_dict())
+    draft.model.embed_tokens.weight.requires_grad_(False)
+    return draft
+
+
+# -- 3. training --------------------------------------------------------------------------
+def batches(records: list[dict], tokens_per_step: int, rng: random.Random):
+    """Endless shuffled batches of similar-length sequences, about tokens_per_step tokens each."""
+    order = sorted(range(len(records)), key=lambda i: len(records[i]["ids"]))
+    groups, cur, cur_tokens = [], [], 0
+    for i in order:
+        cur.append(i)
+        cur_tokens = len(records[i]["ids"]) * len(cur)
+        if cur_tokens >= tokens_per_step:
+            groups.append(cur)
+            cur, cur_tokens = [], 0
+    if cur:
+        groups.append(cur)
+    while True:
+        rng.shuffle(groups)
+        yield from groups
+
+
+def distill_loss(draft: LlamaForCausalLM, batch: list[dict], subset: torch.Tensor, remap: torch.Tensor
+                 ) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the reduced-vocabulary draft against the target's renormalised top-k.
+    Returns (loss, top-1 agreement with the target on this batch)."""
+    width = max(len(r["ids"]) for r in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)  # right padding: real positions never see it
+    for b, r in enumerate(batch):
+        ids[b, : len(r["ids"])] = r["ids"].long()
+    hidden = draft.model(input_ids=ids).last_hidden_state
+    head = draft.model.embed_tokens.weight[subset]
+    rows, tgt_ids, tgt_p = [], [], []
+    for b, r in enumerate(batch):
+        n = len(r["topk_ids"])
+        rows.append(hidden[b, r["start"]: r["start"] + n])
+        local = remap[r["topk_ids"].long()]  # -1 where the token is outside the subset
+        p = r["topk_logp"].float().exp() * (local >= 0)
+        tgt_ids.append(local.clamp_min(0))
+        tgt_p.append(p / p.sum(-1, keepdim=True).clamp_min(1e-9))
+    logq = F.linear(torch.cat(rows), head).float().log_softmax(-1)
+    tgt_ids, tgt_p = torch.cat(tgt_ids), torch.cat(tgt_p)
+    loss = -(tgt_p * logq.gather(-1, tgt_ids)).sum(-1).mean()
+    agree = (logq.argmax(-1) == tgt_ids[:, 0]).float().mean().item()
+    return loss, agree
+
+
+@torch.no_grad()
+def evaluate(draft: LlamaForCausalLM, records: list[dict], subset, remap) -> tuple[float, float]:
+    draft.eval()
+    losses, agrees = [], []
+    for i in range(0, len(records), 8):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, agree = distill_loss(draft, records[i:i + 8], subset, remap)
+        losses.append(loss.item())
+        agrees.append(agree)
+    draft.train()
+    return sum(losses) / len(losses), sum(agrees) / len(agrees)
+
+
+def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path | None = None) -> dict:
+    """Run (or resume) the whole pipeline; returns the final metrics."""
+    seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    paths = build_dataset(target, cfg)
+    held_out, train_paths = paths[-1:], paths[:-1] or paths
+    records, eval_records = load_records(train_paths), load_records(held_out)
+    subset = vocabulary_subset(records, cfg.vocab, set(target.eos_token_ids))
+    remap = torch.full((target.runner.vocab_size,), -1, dtype=torch.long)
+    remap[subset] = torch.arange(len(subset))
+    covered = sum(int((remap[r["topk_ids"][:, 0].long()] >= 0).sum()) for r in records) / \
+        sum(len(r["topk_ids"]) for r in records)
+
+    draft = init_draft(target, [int(x) for x in cfg.layers.split(",")])
+    params = [p for p in draft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ckpt_path = out / "checkpoint.pt"
+    state = load_checkpoint(ckpt_path)
+    step, history = 0, []
+    if state:
+        draft.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+    rng = random.Random(cfg.seed + step)
+    stream = batches(records, cfg.tokens_per_step, rng)
+    started = time.perf_counter()
+    draft.train()
+    with progress() as bar:
+        task = bar.add_task("distilling the draft", total=cfg.steps, completed=step, info="")
+        while step < cfg.steps:
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, agree = distill_loss(draft, [records[i] for i in next(stream)], subset, remap)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            entry = {"step": step, "loss": loss.item(), "agree": agree}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                entry["eval_loss"], entry["eval_agree"] = evaluate(draft, eval_records, subset, remap)
+            history.append(entry)
+            bar.update(task, advance=1, info=f"loss {loss.item():.3f} agree {agree:.2f}"
+                       + (f" | held-out agree {entry['eval_agree']:.3f}" if "eval_agree" in entry else ""))
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt_path, {"model": draft.state_dict(), "optimizer": opt.state_dict(),
+                                            "step": step, "history": history, "config": asdict(cfg)})
+            with open(out / "history.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+    metrics = {"steps": step, "vocab_coverage": covered, "train_seconds_this_run": time.perf_counter() - started,
+               "sequences": len(records), "tokens": sum(len(r["topk_ids"]) for r in records),
+               "last": history[-1] if history else None,
+               "eval": next((h for h in reversed(history) if "eval_agree" in h), None)}
+    if artifact_dir:
+        export_draft(draft, subset, cfg, metrics, Path(artifact_dir))
+    return metrics
+
+
+# -- 4. export ----------------------------------------------------------------------------
+def export_draft(draft: LlamaForCausalLM, subset: torch.Tensor, cfg: DraftTrainConfig, metrics: dict,
+                 artifact_dir: Path) -> None:
+    """Write what is committed: layers + norm (bf16), config, vocabulary subset, training record."""
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in draft.state_dict().items()
+               if not k.startswith(("model.embed_tokens", "lm_head"))}
+    save_file(weights, str(artifact_dir / "draft_layers.safetensors"), metadata={"format": "pt"})
+    draft.config.to_json_file(str(artifact_dir / "config.json"))
+    (artifact_dir / "vocab_subset.json").write_text(json.dumps(subset.tolist()))
+    (artifact_dir / "training.json").write_text(json.dumps({"config": asdict(cfg), "metrics": metrics}, indent=2))

@@ -1,0 +1,49 @@
+"""Draft distillation on a tiny model: the loss falls, the target never changes, the export loads."""
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+import tokenleap
+from tokenleap.models.registry import SUBSET_FILE, assemble_draft
+from tokenleap.train.draft import DraftTrainConfig, train_draft
+from tokenleap.train.prompts import is_disjoint, training_prompts
+
+
+def test_training_prompts_are_deterministic_and_disjoint_from_spec_bench(tmp_path):
+    assert training_prompts(50, seed=0) == training_prompts(50, seed=0)
+    assert len(set(training_prompts(1000))) == 1000
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question_id": 1, "category": "x", "turns": ["Write a poem about volcanoes."]}))
+    assert not is_disjoint(["Write a poem about volcanoes."], bench)
+    spec_bench = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "spec_bench_dev.jsonl"
+    assert is_disjoint(training_prompts(1000), spec_bench)
+
+
+def test_distillation_lowers_loss_keeps_target_and_exports_a_loadable_draft(tiny_dir, tmp_path):
+    target_dir = tiny_dir(vocab_size=64, num_layers=4, seed=3)
+    target = tokenleap.load_model(target_dir, dtype="fp32")
+    before = {k: v.clone() for k, v in target.hf_model.state_dict().items()}
+    cfg = DraftTrainConfig(out=str(tmp_path / "run"), prompts=16, max_new_tokens=24, top_k=8, layers="0,3",
+                           vocab=40, steps=30, tokens_per_step=256, eval_every=10, lr=3e-3)
+    metrics = train_draft(target, cfg, tmp_path / "artifact")
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert metrics["steps"] == 30
+    assert all(torch.equal(before[k], v) for k, v in target.hf_model.state_dict().items())
+
+    # Resume: asking for more steps continues from the checkpoint, not from scratch.
+    cfg.steps = 35
+    assert train_draft(target, cfg)["steps"] == 35
+    assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 35
+
+    draft_dir = assemble_draft(tmp_path / "artifact", Path(target_dir), tmp_path / "assembled")
+    plain = AutoModelForCausalLM.from_pretrained(draft_dir)  # an ordinary HF Llama directory
+    assert plain.config.num_hidden_layers == 2
+    draft = tokenleap.load_model(str(draft_dir), dtype="fp32")
+    assert draft.runner.head_ids is not None and (draft_dir / SUBSET_FILE).is_file()
+    greedy = tokenleap.generate("w2 w3", model=target, max_new_tokens=16)
+    sps = tokenleap.generate("w2 w3", method="sps", model=target, draft=draft, max_new_tokens=16, gamma=3)
+    assert sps.token_ids == greedy.token_ids
