@@ -1,56 +1,12 @@
 """Speculative sampling preserves the target's (warped) distribution, checked exactly."""
 
-import numpy as np
 import pytest
-import torch
-from scipy.stats import chisquare
 
 import tokenleap
 from tokenleap import Sampling
-from tokenleap.decoding.warping import warp
+from laws import chi_square_pvalue, draws, exact_law
 
 V = 8
-
-
-def exact_law(model, prompt_ids, n_tokens, sampling, prefix=()):
-    """P(x1..xn | prompt) under the warped target, by enumeration; a sequence ends early at EOS."""
-    if len(prefix) == n_tokens or (prefix and prefix[-1] in model.eos_token_ids):
-        return {prefix: 1.0}
-    with torch.inference_mode():
-        logits = model.hf_model(torch.tensor([prompt_ids + list(prefix)])).logits[0, -1]
-    probs = warp(logits, sampling)
-    law = {}
-    for token in range(V):
-        if probs[token] > 0:
-            for seq, p in exact_law(model, prompt_ids, n_tokens, sampling, prefix + (token,)).items():
-                law[seq] = probs[token].item() * p
-    return law
-
-
-def chi_square_pvalue(samples, law, n):
-    if not set(samples) <= set(law):
-        return 0.0  # a sequence the target cannot produce: certainly not the target's law
-    cells = sorted(law, key=law.get, reverse=True)
-    expected = np.array([law[c] * n for c in cells])
-    observed = np.array([samples.count(c) for c in cells], dtype=float)
-    # Pool the rare cells so every bin expects at least 5 draws.
-    big = expected >= 5
-    exp_b = np.append(expected[big], expected[~big].sum())
-    obs_b = np.append(observed[big], observed[~big].sum())
-    if exp_b[-1] == 0:
-        exp_b, obs_b = exp_b[:-1], obs_b[:-1]
-    assert obs_b.sum() == n
-    return chisquare(obs_b, exp_b * n / exp_b.sum()).pvalue
-
-
-def draws(method, target, draft, sampling, n, **opts):
-    out = []
-    for seed in range(n):
-        r = tokenleap.generate("w2 w3", method=method, model=target, draft=draft, max_new_tokens=2,
-                               temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                               seed=seed, **opts)
-        out.append(tuple(r.token_ids))
-    return out
 
 
 @pytest.mark.parametrize("sampling,gamma", [(Sampling(1.0), 2), (Sampling(1.0), 1),
@@ -61,12 +17,12 @@ def test_sps_first_two_tokens_follow_the_target_law(tiny, sampling, gamma):
     n = 3000
     law = exact_law(target, target.encode("w2 w3"), 2, sampling)
     samples = draws("sps", target, draft, sampling, n, gamma=gamma)
-    assert chi_square_pvalue(samples, law, n) > 1e-3
+    assert chi_square_pvalue(samples, law) > 1e-3
     # The test has power: the draft's own law is told apart from the target's.
     draft_law = exact_law(draft, target.encode("w2 w3"), 2, sampling)
     assert sum(abs(draft_law.get(c, 0) - law[c]) for c in law) > 0.2
     draft_samples = draws("ar", draft, None, sampling, n)
-    assert chi_square_pvalue(draft_samples, law, n) < 1e-6
+    assert chi_square_pvalue(draft_samples, law) < 1e-6
 
 
 def test_same_seed_same_output(tiny):
