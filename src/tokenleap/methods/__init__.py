@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..errors import TokenleapError
-from . import ar, sps
+from . import ar, mtad, sps
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ METHODS: dict[str, MethodSpec] = {
                      description="autoregressive decoding (greedy or sampling)"),
     "sps": MethodSpec("sps", sps.decode, sps.SPSOptions, needs_draft=True, lossless=True,
                       description="speculative sampling with a draft model"),
+    "mtad": MethodSpec("mtad", mtad.decode, mtad.MTADOptions, needs_draft=True, lossless=False,
+                       description="multi-token assisted decoding: beam-sampled draft, joint acceptance"),
+    "mtad-tree": MethodSpec("mtad-tree", mtad.decode_tree, mtad.MTADOptions, needs_draft=True, lossless=False,
+                            description="MTAD with the whole beam tree verified in one forward"),
 }
 
 
