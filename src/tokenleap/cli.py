@@ -21,7 +21,11 @@ def add_method_option_flags(parser: argparse.ArgumentParser) -> list[str]:
             names.setdefault(f.name, type(f.default))
     group = parser.add_argument_group("method options (each method takes its own)")
     for name, kind in names.items():
-        group.add_argument("--" + name.replace("_", "-"), dest="opt_" + name, type=kind, default=None)
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:  # `type=bool` would read "False" as True: a switch with a --no- form instead
+            group.add_argument(flag, dest="opt_" + name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest="opt_" + name, type=kind, default=None)
     return list(names)
 
 

@@ -20,6 +20,9 @@ OPTION_SETS = {
     "mtad": [{"gamma": 2, "beam_width": 1}, {"gamma": 4, "beam_width": 4, "tau": 0.5},
              {"gamma": 3, "beam_width": 3, "tau": 0.9, "without_replacement": True}],
     "mtad-tree": [{"gamma": 4, "beam_width": 4}, {"gamma": 2, "beam_width": 2, "tau": 0.1}],
+    "pass": [{"lookahead": 1, "embeddings": "zero"}, {"lookahead": 2, "embeddings": "random", "merged": True},
+             {"lookahead": 4}, {"lookahead": 4, "embeddings": "mean", "merged": True},
+             {"lookahead": 6, "embeddings": "random"}, {"lookahead": 6, "embeddings": "zero", "merged": True}],
 }
 LEAN_ONLY = {"mtad-tree"}  # need tree masks or per-layer access from the lean runner
 CASES = [(name, opts) for name, sets in OPTION_SETS.items() for opts in sets]
@@ -78,7 +81,8 @@ def test_max_new_tokens_is_exact(tiny, method, opts):
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("method,opts", [("ar", {}), ("sps", {"gamma": 4})])
+@pytest.mark.parametrize("method,opts", [("ar", {}), ("sps", {"gamma": 4}), ("pass", {"lookahead": 4}),
+                                         ("pass", {"lookahead": 6, "merged": True})])
 def test_greedy_equals_hf_generate_on_default_model(real_fp32, method, opts):
     prompts = ["What is the capital of France?", "Write a Python function that reverses a string."]
     for prompt in prompts:

@@ -109,7 +109,8 @@ class BenchConfig:
                     "--categories": ",".join(self.categories) if self.categories else None,
                     "--sweep-gamma": ",".join(map(str, self.sweep_gamma)) if self.sweep_gamma else None}
         parts += [f"{flag} {value}" for flag, value in optional.items() if value is not None]
-        parts += [f"--{k.replace('_', '-')} {v}" for k, v in sorted(self.options.items())]
+        parts += [(f"--{k}" if v else f"--no-{k}") if isinstance(v, bool) else f"--{k} {v}"
+                  for k, v in ((k.replace("_", "-"), v) for k, v in sorted(self.options.items()))]
         return " ".join(parts)
 
 

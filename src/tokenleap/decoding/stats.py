@@ -20,6 +20,7 @@ class DecodeStats:
     accepted_hist: dict[int, int] = field(default_factory=dict)  # accepted drafts per round -> count
     wall_s: float = 0.0
     first_token_s: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # method-specific counters (e.g. PaSS drafting calls)
 
     def record_round(self, proposed: int, accepted: int) -> None:
         """One verification round: `proposed` drafts offered, the first `accepted` kept."""

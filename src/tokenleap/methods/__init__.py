@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..errors import TokenleapError
-from . import ar, mtad, sps
+from . import ar, mtad, pass_, sps
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ METHODS: dict[str, MethodSpec] = {
                        description="multi-token assisted decoding: beam-sampled draft, joint acceptance"),
     "mtad-tree": MethodSpec("mtad-tree", mtad.decode_tree, mtad.MTADOptions, needs_draft=True, lossless=False,
                             description="MTAD with the whole beam tree verified in one forward"),
+    "pass": MethodSpec("pass", pass_.decode, pass_.PaSSOptions, needs_draft=False, lossless=True,
+                       description="parallel speculative sampling with learned lookahead embeddings"),
 }
 
 

@@ -22,6 +22,15 @@ def add_train_command(sub) -> Callable[[argparse.Namespace], int]:
     draft.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     for f in dataclasses.fields(DraftTrainConfig):
         draft.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    from .lookahead import LookaheadTrainConfig
+
+    la = kinds.add_parser("lookahead", help="train PaSS lookahead embeddings of a frozen model (resumable)")
+    la.add_argument("--model", default=DEFAULT_MODEL, help="the model whose lookahead embeddings are trained")
+    la.add_argument("--dtype", default="bf16", help="dtype the model runs in (data and training)")
+    la.add_argument("--export", default=None, help="write lookahead.safetensors + training.json here when done")
+    la.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    for f in dataclasses.fields(LookaheadTrainConfig):
+        la.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     return run_train
 
 
@@ -36,5 +45,15 @@ def run_train(args: argparse.Namespace) -> int:
     if args.what == "draft":
         cfg = DraftTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DraftTrainConfig)})
         metrics = train_draft(get_model(args.model, args.dtype), cfg, args.export)
+        print(json.dumps(metrics, indent=2))
+    elif args.what == "lookahead":
+        import shlex
+        import sys
+
+        from .lookahead import LookaheadTrainConfig, train_lookahead
+
+        cfg = LookaheadTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LookaheadTrainConfig)})
+        command = "tokenleap " + shlex.join(sys.argv[1:])
+        metrics = train_lookahead(get_model(args.model, args.dtype), cfg, args.export, command)
         print(json.dumps(metrics, indent=2))
     return 0

@@ -1,0 +1,226 @@
+"""PaSS: the target law is kept, the cache stays exact, two calls per iteration, options checked.
+
+Greedy equality with HF generate (every L, embeddings, merged or not, both runners) comes from
+OPTION_SETS in test_lossless.py."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tokenleap
+from tokenleap import Sampling, TokenleapError
+from tokenleap.generation import prepare
+from tokenleap.methods import pass_
+from laws import chi_square_pvalue, draws, exact_law
+
+V = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine two threads per tiny op wait
+    on each other far longer than they compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pass_draws(target, sampling, n, **opts):
+    # 6 new tokens so the first iteration drafts (y, up to L drafts, z); the law is checked on
+    # the first 3, which the drafts and the bonus/residual token produce.
+    return [s[:3] for s in draws("pass", target, None, sampling, n, max_new_tokens=6, **opts)]
+
+
+@pytest.mark.parametrize("sampling,opts", [
+    (Sampling(1.0), {"lookahead": 2, "embeddings": "random"}),
+    (Sampling(1.0), {"lookahead": 3, "embeddings": "mean", "merged": True}),
+    (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 4, "embeddings": "random", "merged": True}),
+])
+def test_sampling_follows_the_target_law(tiny, sampling, opts):
+    target = tiny(vocab_size=V, seed=11, init_std=0.1)
+    law = exact_law(target, target.encode("w2 w3"), 3, sampling)
+    samples = pass_draws(target, sampling, 3000, **opts)
+    assert chi_square_pvalue(samples, law) > 1e-3
+
+
+def test_the_law_test_has_power(tiny, monkeypatch):
+    """Accepting every draft (a plausible bug) gives a law the test rejects."""
+    target = tiny(vocab_size=V, seed=11, init_std=0.1)
+    sampling = Sampling(1.0)
+    law = exact_law(target, target.encode("w2 w3"), 3, sampling)
+
+    def accept_all(drafts, q, p, generator):
+        return len(drafts), int(tokenleap.decoding.warping.sample(p[len(drafts)], generator))
+
+    monkeypatch.setattr(pass_, "accept_drafts", accept_all)
+    samples = pass_draws(target, sampling, 3000, lookahead=2, embeddings="random")
+    assert chi_square_pvalue(samples, law) < 1e-6
+
+
+def run_traced(model, prompt, n, sampling=Sampling(), seed=0, **opts):
+    """Run `pass` through its generator directly: (blocks, forward calls before each block,
+    whether each block closed a validation round, the KV cache, stats)."""
+    calls = [0]
+    inner = model.runner
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def forward(self, *args, **kwargs):
+            calls[0] += 1
+            return inner.forward(*args, **kwargs)
+
+    counted = dataclasses.replace(model, runner=Counting())
+    spec, ctx, _ = prepare(prompt, "pass", counted, None, n, sampling, seed, None, None, None, opts)
+    caches = []
+    ctx.new_cache = lambda m, **kw: caches.append(inner.new_cache(1, 8)) or caches[-1]  # small: must grow
+    trace = []
+    for block in spec.decode(ctx):
+        rounds = ctx.stats.iterations
+        trace.append((block, calls[0], rounds))
+        calls[0] = 0
+    return trace, caches[0], ctx
+
+
+@pytest.mark.parametrize("merged", [False, True])
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(1.0, top_k=20)])
+def test_two_calls_and_two_to_l_plus_two_tokens_per_iteration(tiny, merged, sampling):
+    # Zero embeddings on this model: drafts are often all accepted, so merging skips calls.
+    model = tiny(vocab_size=32, seed=0)
+    L = 3
+    trace, _, ctx = run_traced(model, "w2 w3 w4", 60, sampling, seed=3, lookahead=L, embeddings="zero",
+                               merged=merged)
+    iterations, cur_tokens, cur_calls, last_rounds = [], 0, 0, 0
+    for block, calls, rounds in trace:
+        cur_tokens += len(block)
+        cur_calls += calls
+        if rounds > last_rounds:  # a validation round closes an iteration
+            iterations.append((cur_tokens, cur_calls))
+            cur_tokens, cur_calls, last_rounds = 0, 0, rounds
+    tail = (cur_tokens, cur_calls)  # plain steps at the very end (fewer than 3 tokens of room)
+    assert sum(t for t, _ in iterations) + tail[0] == 60
+    assert tail[0] == tail[1] <= 2
+    skipped = ctx.stats.extra.get("drafting_skipped", 0)
+    for tokens, calls in iterations:
+        if merged:
+            assert calls in (1, 2) and calls <= tokens <= L + 2
+        else:
+            assert calls == 2 and 2 <= tokens <= L + 2
+    assert sum(c for _, c in iterations) + tail[1] == ctx.stats.target_forwards
+    assert ctx.stats.extra["drafting_calls"] + skipped == ctx.stats.iterations == len(iterations)
+    assert (skipped > 0) == merged == any(c == 1 for _, c in iterations)
+    assert skipped <= sum(v for k, v in ctx.stats.accepted_hist.items() if k == L)
+    assert ctx.stats.proposed == sum(ctx.stats.proposed_at) and ctx.stats.accepted == sum(ctx.stats.accepted_at)
+
+
+@pytest.mark.parametrize("opts,sampling", [
+    ({"lookahead": 3}, Sampling()),
+    ({"lookahead": 5, "merged": True, "embeddings": "random"}, Sampling(1.0)),
+    ({"lookahead": 2, "merged": True}, Sampling(0.7, top_p=0.9)),
+])
+def test_kv_cache_after_generation_equals_a_plain_forward(tiny, opts, sampling):
+    model = tiny(vocab_size=32, seed=1)
+    trace, cache, ctx = run_traced(model, "w5 w6 w7", 37, sampling, seed=1, **opts)
+    committed = ctx.prompt_ids + [t for b, _, _ in trace for t in b]
+    # The last token is pending (never fed); everything before it is cached, nothing else.
+    assert cache.length == len(committed) - 1
+    fresh = model.runner.new_cache()
+    model.runner.forward(fresh, torch.tensor([committed[:-1]]))
+    for got_k, got_v, ref_k, ref_v in zip(cache.keys, cache.values, fresh.keys, fresh.values):
+        assert torch.allclose(got_k[:, :, : cache.length], ref_k[:, :, : fresh.length], atol=1e-5)
+        assert torch.allclose(got_v[:, :, : cache.length], ref_v[:, :, : fresh.length], atol=1e-5)
+
+
+def test_same_seed_same_output_and_runners_agree(tiny):
+    lean, hf = tiny(vocab_size=32, seed=0, init_std=0.05), tiny(runner="hf", vocab_size=32, seed=0, init_std=0.05)
+    runs = [tokenleap.generate("w2", method="pass", model=m, temperature=1.0, max_new_tokens=30, seed=s,
+                               lookahead=3, merged=True).token_ids for m, s in ((lean, 4), (lean, 4), (hf, 4), (lean, 5))]
+    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] != runs[3]
+
+
+def test_stats_and_to_dict(tiny):
+    r = tokenleap.generate("w2 w3", method="pass", model=tiny(vocab_size=32, seed=0), max_new_tokens=40,
+                           lookahead=4, embeddings="random")
+    s = r.stats
+    d = s.to_dict()
+    assert d["extra"]["drafting_calls"] == s.iterations and json.dumps(d)
+    assert s.accepted == sum(k * v for k, v in s.accepted_hist.items())
+    # Two forwards per round: mean accepted length (1 + accepted / forwards) = tokens per forward.
+    plain = s.target_forwards - 2 * s.iterations
+    assert s.new_tokens == 2 * s.iterations + s.accepted + plain
+    assert s.draft_forwards == 0
+
+
+# -- options ------------------------------------------------------------------------------------
+def test_embedding_specs(tiny, tmp_path):
+    model = tiny(vocab_size=32, seed=0)
+    table = model.hf_model.get_input_embeddings().weight
+    mean = pass_.lookahead_embeddings(model, "mean", 3)
+    assert mean.shape == (3, 64) and torch.allclose(mean[2], table.mean(0))
+    assert not pass_.lookahead_embeddings(model, "zero", 2).any()
+    rnd = pass_.lookahead_embeddings(model, "random", 2)
+    assert torch.equal(rnd, pass_.initial_embeddings(model, "random", 2)) and not torch.equal(rnd[0], rnd[1])
+    # A tiny model is not a registry model: "auto" is the untrained mean init.
+    assert pass_.trained_path(model) is None and torch.equal(pass_.lookahead_embeddings(model, "auto", 3), mean)
+    path = tmp_path / "la.safetensors"
+    saved = torch.randn(4, 64)
+    save_file({"lookahead": saved}, str(path))
+    assert torch.equal(pass_.lookahead_embeddings(model, str(path), 3), saved[:3])
+    with pytest.raises(TokenleapError, match="holds 4 lookahead embeddings"):
+        pass_.lookahead_embeddings(model, str(path), 5)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"lookahead": torch.zeros(4, 10)}, str(wrong))
+    with pytest.raises(TokenleapError, match=r"shape \[L, 64\]"):
+        tokenleap.generate("w2", method="pass", model=model, max_new_tokens=5, embeddings=str(wrong))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(TokenleapError, match="cannot read"):
+        tokenleap.generate("w2", method="pass", model=model, max_new_tokens=5, embeddings=str(junk))
+
+
+@pytest.mark.parametrize("opts,message", [
+    ({"lookahead": 0}, "lookahead must be an integer >= 1"),
+    ({"lookahead": True}, "must be int"),
+    ({"embeddings": "trained"}, "unknown embeddings"),
+    ({"embeddings": "/no/such/la.safetensors"}, "not found"),
+    ({"merged": "yes"}, "must be bool"),
+])
+def test_bad_options_are_clear_errors(tiny, opts, message):
+    with pytest.raises(TokenleapError, match=message):
+        tokenleap.generate("w2", method="pass", model=tiny(vocab_size=32, seed=0), max_new_tokens=5, **opts)
+
+
+def test_cli_merged_flag(tiny_dir):
+    path = tiny_dir(vocab_size=32, seed=0)
+    outs = {}
+    for flag in ("--merged", "--no-merged"):
+        out = subprocess.run([sys.executable, "-m", "tokenleap.cli", "generate", "w2 w3", "--model", path,
+                              "--method", "pass", "--lookahead", "3", flag, "-n", "12", "--dtype", "fp32", "--json"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        outs[flag] = json.loads(out.stdout)
+    assert outs["--merged"]["token_ids"] == outs["--no-merged"]["token_ids"]
+    assert outs["--no-merged"]["stats"]["extra"].get("drafting_skipped", 0) == 0
+
+
+def test_committed_embeddings_are_found_for_the_default_model(tiny):
+    named = dataclasses.replace(tiny(vocab_size=32, seed=0), name=tokenleap.DEFAULT_MODEL)
+    path = pass_.trained_path(named)
+    assert path is not None, "src/tokenleap/artifacts/smollm2-135m-pass/lookahead.safetensors is missing"
+    table = pass_.load_embeddings(path, 576)
+    assert table.shape[0] >= 4 and torch.isfinite(table).all()
+
+
+@pytest.mark.real_model
+def test_trained_embeddings_load_for_the_real_model(real_fp32):
+    auto = pass_.lookahead_embeddings(real_fp32, "auto", 4)
+    assert torch.equal(auto, pass_.load_embeddings(pass_.trained_path(real_fp32), 576)[:4])
+    assert not torch.equal(auto, pass_.lookahead_embeddings(real_fp32, "mean", 4))

@@ -1,0 +1,134 @@
+"""Lookahead-embedding training on a tiny model: only the embeddings change, the loss falls,
+held-out acceptance rises, the run resumes, and the export is what `pass` loads."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import DynamicCache
+
+import tokenleap
+from tokenleap.methods import pass_
+from tokenleap.train.lookahead import LookaheadTrainConfig, cut_loss, lookahead_mask, pick_cuts, train_lookahead
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine two threads per tiny op wait
+    on each other far longer than they compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    """One short training run (2 data shards: one trains, one is held out), shared by the tests."""
+    tmp = tmp_path_factory.mktemp("lookahead")
+    target = tokenleap.load_model(tiny_dir(vocab_size=64, num_layers=2, seed=3), dtype="fp32")
+    before = {k: v.clone() for k, v in target.hf_model.state_dict().items()}
+    cfg = LookaheadTrainConfig(out=str(tmp / "run"), prompts=60, max_new_tokens=32, lookahead=3, steps=60,
+                               cuts=16, sequences=2, lr=3e-2, eval_every=20, eval_sequences=12)
+    metrics = train_lookahead(target, cfg, tmp / "artifact", command="test")
+    return target, before, cfg, metrics, tmp
+
+
+def test_training_changes_only_the_lookahead_embeddings(trained):
+    target, before, _, _, _ = trained
+    after = target.hf_model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad for p in target.hf_model.parameters())
+
+
+def test_loss_falls_and_held_out_acceptance_rises(trained):
+    _, _, cfg, metrics, tmp = trained
+    history = [json.loads(line) for line in (tmp / "run" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == cfg.steps
+    assert metrics["eval"]["loss"] < 0.8 * metrics["untrained_eval"]["loss"]
+    # Held-out: greedy drafts accepted per drafting call, trained vs the mean-embedding start.
+    assert metrics["eval"]["accepted"] > metrics["untrained_eval"]["accepted"] + 0.05
+
+
+def test_export_is_loaded_by_pass_and_decoding_stays_exact(trained):
+    target, _, cfg, metrics, tmp = trained
+    path = tmp / "artifact" / "lookahead.safetensors"
+    table = load_file(str(path))["lookahead"]
+    assert table.shape == (cfg.lookahead, 64) and path.stat().st_size < 10_000
+    record = json.loads((tmp / "artifact" / "training.json").read_text())
+    assert record["command"] == "test" and record["config"]["steps"] == cfg.steps
+    assert record["metrics"]["eval"] == metrics["eval"]
+    greedy = tokenleap.generate("w2 w3", model=target, max_new_tokens=30)
+    for L, merged in ((2, False), (3, True)):
+        r = tokenleap.generate("w2 w3", method="pass", model=target, max_new_tokens=30, lookahead=L,
+                               embeddings=str(path), merged=merged)
+        assert r.token_ids == greedy.token_ids
+
+
+def test_resume_continues_from_the_checkpoint(trained):
+    target, _, cfg, metrics, tmp = trained
+    more = LookaheadTrainConfig(**{**cfg.__dict__, "steps": cfg.steps + 4})
+    resumed = train_lookahead(target, more)
+    assert resumed["steps"] == cfg.steps + 4
+    assert resumed["untrained_eval"] == metrics["untrained_eval"]  # not re-measured from scratch
+    assert len((tmp / "run" / "history.jsonl").read_text().splitlines()) == cfg.steps + 4
+    assert [r["from_step"] for r in resumed["runs"]] == [0, cfg.steps]
+
+
+def test_training_rows_equal_a_pass_drafting_call(tiny):
+    """The masked many-cut forward computes, for each cut t, what the lean runner computes for
+    [x_1..x_t, LA_1..LA_L] at decode time."""
+    model = tiny(vocab_size=32, seed=0)
+    L, n = 3, 20
+    la = torch.randn(L, 64, generator=torch.Generator().manual_seed(0)) * 0.2
+    ids = torch.randint(0, 32, (1, n), generator=torch.Generator().manual_seed(1))
+    cuts = torch.tensor([5, 9, 16])
+    with torch.no_grad():
+        cache = DynamicCache(config=model.hf_model.config)
+        model.hf_model(input_ids=ids, past_key_values=cache, use_cache=True)
+        positions = (cuts[:, None] - 1 + torch.arange(1, L + 1)[None]).reshape(1, -1)
+        rows = model.hf_model(inputs_embeds=la.repeat(len(cuts), 1)[None],
+                              attention_mask=lookahead_mask(n, cuts, L, torch.float32), position_ids=positions,
+                              past_key_values=cache, use_cache=True).logits[0]
+    runner = model.runner
+    for c, t in enumerate(cuts.tolist()):
+        ref = runner.forward(runner.new_cache(), embeds=torch.cat([runner.embed(ids[:, :t]), la[None]], 1))[0, t:]
+        assert torch.allclose(rows[c * L:(c + 1) * L], ref, atol=1e-5)
+
+
+def test_cut_points_keep_every_target_inside_the_sequence():
+    record = {"ids": torch.arange(30, dtype=torch.int32), "start": 9}
+    cuts = pick_cuts(record, 100, random.Random(0), 4)
+    assert cuts == list(range(10, 26))  # x_t from the last prompt token on; x_(t+1+L) still exists
+
+
+def test_ce_loss_and_gradient_reach_only_the_embeddings(tiny):
+    model = tiny(vocab_size=32, seed=0)
+    la = torch.nn.Parameter(pass_.initial_embeddings(model, "mean", 2))
+    record = {"ids": torch.randint(0, 32, (16,), generator=torch.Generator().manual_seed(2)), "start": 3}
+    loss, agree = cut_loss(model, la, record, [4, 8, 12], "ce")
+    loss.backward()
+    assert agree.shape == (3, 2) and la.grad is not None and la.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.hf_model.parameters())
+
+
+def test_cli_trains_and_exports(tiny_dir, tmp_path):
+    path = tiny_dir(vocab_size=64, num_layers=2, seed=3)
+    out = subprocess.run([sys.executable, "-m", "tokenleap.cli", "train", "lookahead", "--model", path,
+                          "--dtype", "fp32", "--threads", "1", "--out", str(tmp_path / "run"), "--prompts", "8",
+                          "--max-new-tokens", "16", "--lookahead", "2", "--steps", "3", "--cuts", "4",
+                          "--eval-sequences", "2", "--loss", "ce", "--export", str(tmp_path / "art")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout[out.stdout.index("{"):])["steps"] == 3
+    record = json.loads((tmp_path / "art" / "training.json").read_text())
+    assert record["command"].startswith("tokenleap train lookahead") and "--steps 3" in record["command"]
+    assert load_file(str(tmp_path / "art" / "lookahead.safetensors"))["lookahead"].shape == (2, 64)
+    bad = subprocess.run([sys.executable, "-m", "tokenleap.cli", "train", "lookahead", "--model", path,
+                          "--loss", "mse", "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: loss must be kl or ce")
