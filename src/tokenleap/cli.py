@@ -113,6 +113,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     from .bench.command import add_bench_command  # here, not at the top: bench imports this module
 
     handlers["bench"] = add_bench_command(sub)
+    from .bench.ppd_profile import add_ppd_profile_command
+
+    handlers["ppd-profile"] = add_ppd_profile_command(sub)
     from .train.command import add_train_command
 
     handlers["train"] = add_train_command(sub)

@@ -23,8 +23,11 @@ OPTION_SETS = {
     "pass": [{"lookahead": 1, "embeddings": "zero"}, {"lookahead": 2, "embeddings": "random", "merged": True},
              {"lookahead": 4}, {"lookahead": 4, "embeddings": "mean", "merged": True},
              {"lookahead": 6, "embeddings": "random"}, {"lookahead": 6, "embeddings": "zero", "merged": True}],
+    # PPD on these 2-layer models: d = 1 = l/2; d < l/2 and deeper models are in test_ppd.py.
+    "ppd": [{}, {"candidates": 1, "workers": 1}, {"exit_layer": 1, "candidates": 3, "workers": 2},
+            {"candidates": 5, "workers": 1, "head": "shared"}, {"candidates": 2, "simulate": True}],
 }
-LEAN_ONLY = {"mtad-tree"}  # need tree masks or per-layer access from the lean runner
+LEAN_ONLY = {"mtad-tree", "ppd"}  # need tree masks or per-layer access from the lean runner
 CASES = [(name, opts) for name, sets in OPTION_SETS.items() for opts in sets]
 PROMPTS = ["w2 w3 w4", "w5", "w7 w8 w9 w10 w11 w12 w13"]
 

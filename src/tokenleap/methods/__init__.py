@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..errors import TokenleapError
-from . import ar, mtad, pass_, sps
+from . import ar, mtad, pass_, ppd, sps
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ METHODS: dict[str, MethodSpec] = {
                             description="MTAD with the whole beam tree verified in one forward"),
     "pass": MethodSpec("pass", pass_.decode, pass_.PaSSOptions, needs_draft=False, lossless=True,
                        description="parallel speculative sampling with learned lookahead embeddings"),
+    "ppd": MethodSpec("ppd", ppd.decode, ppd.PPDOptions, needs_draft=False, lossless=True,
+                      description="predictive pipelined decoding: early exit + a parallel branch worker (greedy)"),
 }
 
 

@@ -31,6 +31,15 @@ def add_train_command(sub) -> Callable[[argparse.Namespace], int]:
     la.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     for f in dataclasses.fields(LookaheadTrainConfig):
         la.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    from .early_exit import EarlyExitTrainConfig
+
+    ee = kinds.add_parser("early-exit", help="distil PPD early-exit heads on a frozen model (resumable)")
+    ee.add_argument("--model", default=DEFAULT_MODEL, help="the model whose exit heads are trained")
+    ee.add_argument("--dtype", default="bf16", help="dtype the model runs in (data and features)")
+    ee.add_argument("--export", default=None, help="write the committed artifact here when done")
+    ee.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    for f in dataclasses.fields(EarlyExitTrainConfig):
+        ee.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     return run_train
 
 
@@ -55,5 +64,15 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = LookaheadTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LookaheadTrainConfig)})
         command = "tokenleap " + shlex.join(sys.argv[1:])
         metrics = train_lookahead(get_model(args.model, args.dtype), cfg, args.export, command)
+        print(json.dumps(metrics, indent=2))
+    elif args.what == "early-exit":
+        import shlex
+        import sys
+
+        from .early_exit import EarlyExitTrainConfig, train_early_exit
+
+        cfg = EarlyExitTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EarlyExitTrainConfig)})
+        command = "tokenleap " + shlex.join(sys.argv[1:])
+        metrics = train_early_exit(get_model(args.model, args.dtype), cfg, args.export, command)
         print(json.dumps(metrics, indent=2))
     return 0

@@ -1,0 +1,435 @@
+"""PPD — predictive pipelined decoding: exact greedy decoding, made faster with extra compute.
+
+Spec: shared/specs/ppd.md (Yang et al., arXiv 2307.05908). Token x_n goes through the layers
+on the *main* stream. After layer d an early-exit head proposes k candidates for x_(n+1), and
+a *branch* starts running them (k rows of one computation, at position n+1) through layers
+1..l-d on a second worker, while main finishes layers d+1..l. Main then emits x_(n+1) = argmax,
+exactly greedy. If x_(n+1) is a candidate, its branch row is promoted: its K/V is copied into
+the committed cache and the stream for x_(n+1) starts l-d layers deep; else it starts at layer 1.
+
+Memory. The cache has k+1 batch rows. Row 0 is the committed cache: verified tokens only, so
+nothing is ever rolled back. Rows 1..k are the branch's scratch rows: per layer, a replica of the
+committed prefix (copied from row 0 lazily, by the branch worker, just before it needs that
+layer) and at position n+1 each candidate's own K/V. A branch step is then an ordinary batched
+decode step, the very kernels plain decoding runs, so a promoted row is bit-identical to what
+`ar` computes, in bf16 too (a masked tree attention over shared slots rounds differently, and
+bf16 greedy would drift after near-ties). Promotion copies the row's K/V at n+1 into row 0. The
+next main stream writes row 0 only, so nobody waits for a dropped branch to finish its layer.
+
+Execution. workers=2: two persistent threads with one intra-op thread each (PyTorch drops the
+GIL inside ops, so they really run on two cores); a promoted branch is stopped at a layer
+boundary, so main never waits for more than one branch layer. workers=1 runs the same work one
+after the other (main, then the whole branch) as the reference. The head runs on the branch
+worker, so only the branch pays for it (h in the latency model).
+
+d < l/2 *(reconstructed: "forbid spawning before promotion")*: a branch then runs past layer d,
+where it would need to predict from an unverified token; it does not. It keeps its layer-d
+state, and once promoted (already deeper than d) it spawns the next branch at once from that
+state. The branch waits, layer by layer, for main's K/V of the same layer when it catches up.
+
+Latency model (`simulate`): unit time per layer, free extra compute, exit head h layer-units on
+the branch; `simulate_latency` replays this schedule from the realised matches. For d >= l/2
+it equals sum(match ? d+h : l) exactly; for d < l/2 a promoted stream is past its exit, so
+consecutive matches alternate between d+h and l-d (the spec's formula assumes nesting).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ..decoding.cache import StaticKVCache
+from ..decoding.context import DecodeContext
+from ..errors import TokenleapError
+from ..models.early_exit import artifact_for, load_heads
+from ..models.llama import LlamaRunner
+from ..models.loading import Model
+
+
+@dataclass
+class PPDOptions:
+    exit_layer: int = 0  # d, 1 <= d < l; 0 = the trained heads' default layer, else ceil(l/2)
+    candidates: int = 3  # k: branch rows per token
+    head: str = "auto"  # auto (trained if committed for the model, else shared) | shared | trained | path
+    workers: int = 2  # 2 = main and branch on two threads; 1 = the same work one after the other
+    simulate: bool = False  # also report the tick simulator's latency (layer units) beside the measured one
+    head_cost: float = -1.0  # h for the simulator, in layer units; -1 = from the head's size
+
+    def validate(self) -> None:
+        if self.exit_layer < 0:
+            raise TokenleapError(f"exit_layer must be >= 1 (0 = default), got {self.exit_layer}")
+        if not 1 <= self.candidates <= 32:
+            raise TokenleapError(f"candidates must be in 1..32, got {self.candidates}")
+        if self.workers not in (1, 2):
+            raise TokenleapError(f"workers must be 1 (sequential) or 2 (parallel), got {self.workers}")
+        if self.head_cost < 0 and self.head_cost != -1:
+            raise TokenleapError(f"head_cost must be >= 0 (or -1 = estimate), got {self.head_cost}")
+        if not self.head:
+            raise TokenleapError("head must be auto, shared, trained or a path to trained heads")
+
+
+# -- the exit head -------------------------------------------------------------------------
+@dataclass
+class EarlyExit:
+    """What PPD asks of an exit head: candidates from a layer-d state, and their cost."""
+
+    kind: str  # "shared" or "trained"
+    layer: int  # d
+    topk: Callable[[torch.Tensor, int], torch.Tensor]  # hidden [..., D] -> candidate ids [..., k]
+    cost: float  # h: multiply-adds per token relative to one layer's
+
+
+_HEADS: dict[tuple[str, int], tuple[LlamaRunner, dict, dict]] = {}
+
+
+def layer_size(runner: LlamaRunner) -> int:
+    """Multiply-adds of one transformer layer per token (its weight count): the latency unit."""
+    layer = runner.layers[0]
+    return sum(w.numel() for w in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w))
+
+
+def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExit:
+    """The early-exit head `head` names, at layer `exit_layer` (0 = default) of `model`."""
+    runner = model.runner
+    if not isinstance(runner, LlamaRunner):
+        raise TokenleapError("ppd needs per-layer access to the model: load it with the lean runner "
+                             "(runner='lean'; Llama-family models)")
+    layers = runner.num_layers
+    path = artifact_for(model.name) if head in ("auto", "trained") else None if head == "shared" else Path(head)
+    if head == "trained" and path is None:
+        raise TokenleapError(f"no trained early-exit heads are committed for model {model.name!r}: "
+                             "train them with `tokenleap train early-exit` and pass head=<path>")
+    if path is not None:
+        key = (str(Path(path).resolve()), id(runner))
+        if key not in _HEADS or _HEADS[key][0] is not runner:
+            _HEADS[key] = (runner, *load_heads(path, model))
+        _, heads, config = _HEADS[key]
+        d = exit_layer or config["default_layer"]
+        if d in heads:
+            trained = heads[d]
+            return EarlyExit("trained", d, trained.topk, trained.cost_params() / layer_size(runner))
+        if head != "auto":
+            raise TokenleapError(f"the trained heads in {path} cover exit layers {sorted(heads)}, not {d}")
+    d = exit_layer or (layers + 1) // 2
+    if not 1 <= d < layers:
+        raise TokenleapError(f"exit_layer must be in 1..{layers - 1} for a {layers}-layer model, got {d}")
+    return EarlyExit("shared", d, lambda h, k: runner.head(h).topk(k, dim=-1).indices,
+                    runner.head_w.numel() / layer_size(runner))
+
+
+@torch.no_grad()
+def exit_states(model: Model, ids: list[int], layers: list[int]) -> dict[int, torch.Tensor]:
+    """Teacher-forced hidden states [T, D] of every position of `ids` after d layers, for each d."""
+    runner = model.runner
+    cache = runner.new_cache(1, len(ids))
+    x = runner.embed(torch.tensor([ids]))
+    out, done = {}, 0
+    for d in sorted(layers):
+        x = runner.hidden_states(cache, x, layers=range(done, d))  # cache.length stays 0: same positions
+        out[d], done = x[0], d
+    return out
+
+
+@torch.no_grad()
+def teacher_forced_matches(model: Model, head: EarlyExit, prompt_ids: list[int], generated: list[int], k: int
+                           ) -> list[bool]:
+    """Offline match indicator: generated[i] is among the head's top-k at the position before it."""
+    states = exit_states(model, prompt_ids + generated[:-1], [head.layer])[head.layer][len(prompt_ids) - 1:]
+    candidates = head.topk(states, k)
+    return [bool((c == t).any()) for c, t in zip(candidates, generated)]
+
+
+# -- the latency model ---------------------------------------------------------------------
+def simulate_latency(layers: int, d: int, h: float, matches: list[bool], tokens: int) -> list[float]:
+    """Latency of each emitted token in layer units under the schedule above: unit-time layers,
+    free extra compute, the head costing h on the branch. matches[i]: token i was a candidate."""
+    out, head_start = [], 0.0  # layers the current stream has done when it becomes main
+    for i in range(tokens):
+        out.append(layers - head_start)
+        # The branch starts h after the stream passes layer d (or, past it already, at once)
+        # and runs while main finishes; it never goes beyond l-d layers.
+        ahead = layers - d - h if head_start <= d else layers - head_start - h
+        head_start = min(max(ahead, 0.0), layers - d) if i < len(matches) and matches[i] else 0.0
+    return out
+
+
+def predicted_speedup(p: float, d: int, h: float, layers: int) -> float:
+    """The spec's latency model: 1 / (1 - p (1 - (d+h)/l))."""
+    return 1.0 / (1.0 - p * (1.0 - (d + h) / layers))
+
+
+# -- the pipeline --------------------------------------------------------------------------
+class _Progress:
+    """Layers done by the main stream; a branch at layer m waits until main has done m+1."""
+
+    def __init__(self, done: int) -> None:
+        self.done = done
+        self._cond = threading.Condition()
+
+    def advance(self, done: int) -> None:
+        with self._cond:
+            self.done = done
+            self._cond.notify_all()
+
+    def wait(self, layers: int) -> None:
+        if self.done < layers:  # only when d < l/2: the branch caught up with main
+            with self._cond:
+                self._cond.wait_for(lambda: self.done >= layers)
+
+
+@dataclass
+class _Stream:
+    """The main stream: hidden states x [1, n, D] of positions start.. after `done` layers."""
+
+    x: torch.Tensor
+    start: int
+    done: int = 0
+    hd: torch.Tensor | None = None  # layer-d state of its last position, when done > d
+
+
+class _Rows:
+    """Some batch rows of a StaticKVCache, as a cache `run_layer` can write and attend to."""
+
+    def __init__(self, cache: StaticKVCache, rows: slice) -> None:
+        self.keys = [k[rows] for k in cache.keys]
+        self.values = [v[rows] for v in cache.values]
+        self.length = 0
+
+
+@dataclass
+class _Branch:
+    """Candidate rows at position `pos`, their K/V in scratch rows 1..k."""
+
+    pos: int
+    progress: _Progress
+    candidates: list[int] = field(default_factory=list)
+    x: torch.Tensor | None = None
+    done: int = 0
+    hd: torch.Tensor | None = None
+    launched: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    ready: threading.Event = field(default_factory=threading.Event)  # candidates are known
+    future: Future | None = None
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+    torch.get_num_threads()  # initialise this thread's pool now, before the caller restores its own
+
+
+class Pipeline:
+    """PPD over one generation: `tokens()` yields greedy tokens; `close()` stops the workers."""
+
+    def __init__(self, ctx: DecodeContext) -> None:
+        if not ctx.sampling.greedy:
+            raise TokenleapError("ppd is exact greedy decoding: it needs temperature=0")
+        opts = ctx.options
+        self.ctx, self.opts = ctx, opts
+        self.head = exit_head(ctx.target, opts.head, opts.exit_layer)
+        self.runner: LlamaRunner = ctx.target.runner
+        self.l, self.d, self.k = self.runner.num_layers, self.head.layer, opts.candidates
+        self.h = self.head.cost if opts.head_cost < 0 else opts.head_cost
+        self._all = ctx.new_cache(ctx.target, batch=self.k + 1)  # row 0 committed, rows 1..k scratch
+        self.cache = _Rows(self._all, slice(0, 1))  # the committed cache
+        self._scratch = {}  # rows 1..j for j candidates
+        self._replicated = [0] * self.l  # per layer: committed positions copied into the scratch rows
+        self.matches: list[bool] = []
+        self.counts = dict(tokens=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
+                           branch_layers_max=0)
+        self.times = dict(main=0.0, main_head=0.0, branch=0.0, exit_head=0.0, wait=0.0, promote=0.0)
+        self._live: list[_Branch] = []  # launched, not yet released
+        self._lock = threading.Lock()
+        self.pools: list[ThreadPoolExecutor] = []
+        if opts.workers == 2:
+            threads = torch.get_num_threads()  # also initialises the caller's own pool first
+            self.pools = [ThreadPoolExecutor(1, thread_name_prefix=f"ppd-{name}", initializer=_one_thread)
+                          for name in ("main", "branch")]
+            for pool in self.pools:
+                pool.submit(lambda: None).result()
+            # set_num_threads also sets the default new threads start with: give it back.
+            torch.set_num_threads(threads)
+
+    # -- the two kinds of work -------------------------------------------------------------
+    @torch.no_grad()
+    def _main(self, s: _Stream, progress: _Progress, branch: _Branch | None) -> int:
+        """Layers done+1..l of the main stream, spawning the branch at layer d; returns the token."""
+        t0 = time.perf_counter()
+        runner, x = self.runner, s.x
+        n = x.shape[1]
+        cos, sin = runner.rope(torch.arange(s.start, s.start + n))
+        mask = runner.attention_mask(s.start, n, None)
+        if branch is not None and s.done >= self.d:
+            self._spawn(branch, s.hd if s.done > self.d else x[:, -1:])
+        for m in range(s.done, self.l):
+            x = runner.run_layer(m, x, self.cache, s.start, cos, sin, mask)
+            progress.advance(m + 1)
+            if m + 1 == self.d and branch is not None:
+                self._spawn(branch, x[:, -1:])
+        t1 = time.perf_counter()
+        token = int(runner.head(x[:, -1:])[0, -1].argmax())
+        self.times["main"] += time.perf_counter() - t0
+        self.times["main_head"] += time.perf_counter() - t1
+        self.counts["layers_main"] += self.l - s.done
+        return token
+
+    def _spawn(self, branch: _Branch, hd: torch.Tensor) -> None:
+        branch.launched = True
+        with self._lock:
+            self._live.append(branch)
+            self.counts["branches"] += 1
+        if self.pools:
+            branch.future = self.pools[1].submit(self._branch, branch, hd)
+        else:
+            branch.hd = hd  # workers=1: run after main (a branch may need main's layers >= d)
+
+    @torch.no_grad()
+    def _branch(self, b: _Branch, hd: torch.Tensor) -> None:
+        """Exit head on hd, then candidate rows through layers 1..l-d until stopped."""
+        t0 = time.perf_counter()
+        runner = self.runner
+        try:
+            b.candidates = self.head.topk(hd, self.k).flatten().tolist()
+            self.times["exit_head"] += time.perf_counter() - t0
+            b.ready.set()
+            k = len(b.candidates)
+            if k not in self._scratch:
+                self._scratch[k] = _Rows(self._all, slice(1, 1 + k))
+            rows, keys, values = self._scratch[k], self._all.keys, self._all.values
+            cos, sin = runner.rope(torch.tensor([b.pos]))
+            b.x = x = runner.embed(torch.tensor(b.candidates)[:, None])  # [k, 1, D]: one row each
+            for m in range(self.l - self.d):
+                if b.stop.is_set():
+                    break
+                b.progress.wait(m + 1)
+                start = self._replicated[m]  # bring layer m of the committed prefix into the rows
+                keys[m][1:, :, start:b.pos] = keys[m][:1, :, start:b.pos]
+                values[m][1:, :, start:b.pos] = values[m][:1, :, start:b.pos]
+                self._replicated[m] = b.pos
+                x = runner.run_layer(m, x, rows, b.pos, cos, sin, None)
+                b.x, b.done = x, m + 1
+                if b.done == self.d:
+                    b.hd = x  # for the late spawn once promoted (d < l/2)
+        finally:
+            b.ready.set()
+            with self._lock:
+                self.times["branch"] += time.perf_counter() - t0
+                self.counts["layers_branch"] += b.done
+                self.counts["branch_layers_max"] = max(self.counts["branch_layers_max"], b.done)
+
+    def _promote(self, b: _Branch, row: int) -> _Stream:
+        """Copy the matching row's K/V at b.pos into the committed row; it is the next main stream."""
+        t0 = time.perf_counter()
+        for m in range(b.done):
+            self._all.keys[m][0, :, b.pos] = self._all.keys[m][1 + row, :, b.pos]
+            self._all.values[m][0, :, b.pos] = self._all.values[m][1 + row, :, b.pos]
+        self.counts["layers_promoted"] += b.done
+        self.times["promote"] += time.perf_counter() - t0
+        hd = b.hd[row:row + 1] if b.done > self.d else None
+        return _Stream(b.x[row:row + 1], b.pos, b.done, hd)
+
+    def _release(self, b: _Branch) -> None:
+        """The branch's scratch rows are free again (its job has ended)."""
+        if b.future is not None:
+            b.future.result()  # re-raise what went wrong on the worker
+        with self._lock:
+            self._live.remove(b)
+            self.counts["released"] += 1
+
+    # -- the loop --------------------------------------------------------------------------
+    def tokens(self) -> Iterator[int]:
+        ctx, runner = self.ctx, self.runner
+        seq = list(ctx.prompt_ids)
+        stream = _Stream(runner.embed(torch.tensor([seq])), start=0)
+        while ctx.room(seq) > 0:
+            pos = len(seq)  # the position of the token this stream emits
+            progress = _Progress(stream.done)
+            branch = _Branch(pos, progress) if ctx.room(seq) > 1 else None
+            if self.pools:
+                token = self.pools[0].submit(self._main, stream, progress, branch).result()
+            else:
+                token = self._main(stream, progress, branch)
+                if branch is not None:
+                    hd, branch.hd = branch.hd, None
+                    self._branch(branch, hd)
+            self.cache.length = pos  # every position before `pos` is now verified and in the cache
+            self.counts["tokens"] += 1
+            stream = None
+            if branch is not None:
+                t0 = time.perf_counter()
+                branch.ready.wait()
+                match = token in branch.candidates
+                branch.stop.set()  # promoted: stop at the next layer boundary; else dropped
+                if match:
+                    if branch.future is not None:
+                        branch.future.result()
+                    stream = self._promote(branch, branch.candidates.index(token))
+                self.times["wait"] += time.perf_counter() - t0
+                self.matches.append(match)
+                self._reap(wait=match)
+            if stream is None:
+                stream = _Stream(runner.embed(torch.tensor([[token]])), start=pos)
+            seq.append(token)
+            yield token
+
+    def _reap(self, wait: bool = False) -> None:
+        for b in list(self._live):
+            if b.future is None or b.future.done() or wait:
+                self._release(b)
+
+    def close(self) -> None:
+        """Stop and join the workers (also after an early stop), release every scratch slot, report."""
+        for b in list(self._live):
+            b.stop.set()
+            b.progress.advance(self.l)  # a branch waiting on a main stream that failed must not hang
+        self._reap(wait=True)
+        for pool in self.pools:
+            pool.shutdown(wait=True)
+        self.pools = []
+        self.report()
+
+    # -- statistics ------------------------------------------------------------------------
+    def report(self) -> None:
+        stats, c, t = self.ctx.stats, self.counts, self.times
+        stats.target_forwards = stats.iterations = c["tokens"]  # one full-depth stream per token
+        stats.draft_forwards = c["branches"]  # partial forwards of k rows
+        matches = sum(self.matches)
+        layer_s = (t["main"] - t["main_head"]) / c["layers_main"] if c["layers_main"] else 0.0
+        extra = {
+            "ppd_exit_layer": self.d, "ppd_layers": self.l, "ppd_candidates": self.k,
+            "ppd_head_trained": float(self.head.kind == "trained"), "ppd_head_cost": self.h,
+            "ppd_workers": self.opts.workers, "ppd_branches": c["branches"], "ppd_matches": matches,
+            "ppd_match_rate": matches / len(self.matches) if self.matches else 0.0,
+            "ppd_promoted_layers_mean": c["layers_promoted"] / matches if matches else 0.0,
+            "ppd_layers_main": c["layers_main"], "ppd_layers_promoted": c["layers_promoted"],
+            "ppd_layers_branch": c["layers_branch"], "ppd_branch_layers_max": c["branch_layers_max"],
+            "ppd_scratch_live": len(self._live), "ppd_scratch_released": c["released"],
+            "ppd_main_s": t["main"], "ppd_branch_s": t["branch"], "ppd_exit_head_s": t["exit_head"],
+            "ppd_wait_s": t["wait"], "ppd_promote_s": t["promote"], "ppd_layer_ms": 1e3 * layer_s,
+        }
+        if self.opts.simulate and c["tokens"]:
+            sim = sum(simulate_latency(self.l, self.d, self.h, self.matches, c["tokens"]))
+            model = self.l + sum(self.d + self.h if m else self.l for m in self.matches[: c["tokens"] - 1])
+            head_s = t["exit_head"] / c["branches"] if c["branches"] else 0.0
+            extra.update({
+                "ppd_sim_units": sim, "ppd_model_units": model, "ppd_ar_units": float(self.l * c["tokens"]),
+                "ppd_sim_speedup": self.l * c["tokens"] / sim,
+                # the same schedule with the measured costs: a layer, the exit head, the final head
+                "ppd_measured_head_cost": head_s / layer_s if layer_s else 0.0,
+                "ppd_sim_s": sim * layer_s + t["main_head"],
+            })
+        stats.extra.update(extra)
+
+
+def decode(ctx: DecodeContext) -> Iterator[list[int]]:
+    pipe = Pipeline(ctx)
+    try:
+        for token in pipe.tokens():
+            yield [token]
+    finally:
+        pipe.close()

@@ -1,0 +1,208 @@
+"""PPD: exactly greedy for every (d, k) and both executions, with the properties of specs/ppd.md:
+online match = teacher-forced match, simulated latency = the latency model, every token computed
+at full depth, no scratch slot left behind, committed K/V = plain decoding's."""
+
+import dataclasses
+import itertools
+import json
+import threading
+
+import pytest
+import torch
+
+import tokenleap
+from conftest import hf_greedy
+from tokenleap.cli import main as cli_main
+from tokenleap.generation import prepare
+from tokenleap.decoding.warping import Sampling
+from tokenleap.methods import ppd
+
+LAYERS = 6  # so that d < l/2 (1, 2), d = l/2 (3) and d > l/2 (4, 5) all exist
+PROMPTS = ["w2 w3 w4", "w5", "w7 w8 w9 w10 w11 w12 w13"]
+
+
+def pipeline(model, prompt, n, **options):
+    """A PPD pipeline run to the end by hand, so that its cache and counters can be inspected."""
+    _, ctx, _ = prepare(prompt, "ppd", model, None, n, Sampling(), 0, None, None, None, options)
+    pipe = ppd.Pipeline(ctx)
+    tokens = list(pipe.tokens())
+    pipe.close()
+    return pipe, ctx, tokens
+
+
+def test_equals_greedy_for_every_exit_layer_candidates_and_workers(tiny):
+    model = tiny(vocab_size=32, num_layers=LAYERS, seed=3)
+    for prompt in PROMPTS:
+        expected = hf_greedy(model, model.encode(prompt), 24)
+        for d, k, workers in itertools.product(range(1, LAYERS), (1, 3), (1, 2)):
+            got = tokenleap.generate(prompt, method="ppd", model=model, max_new_tokens=24, exit_layer=d,
+                                     candidates=k, workers=workers)
+            assert got.token_ids == expected, (prompt, d, k, workers)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("d", [2, 3, 4])
+def test_stops_at_eos_exactly(tiny, d, workers):
+    model = tiny(vocab_size=32, num_layers=LAYERS, seed=3)
+    free_run = hf_greedy(model, model.encode("w2 w3"), 20)
+    eos_model = dataclasses.replace(model, eos_token_ids=frozenset({free_run[5]}))
+    got = tokenleap.generate("w2 w3", method="ppd", model=eos_model, max_new_tokens=20, exit_layer=d, workers=workers)
+    assert got.token_ids == free_run[: free_run.index(free_run[5]) + 1] and got.finish_reason == "eos"
+    assert got.stats.extra["ppd_scratch_live"] == 0
+
+
+@pytest.mark.parametrize("d,k,workers", [(1, 3, 2), (2, 1, 1), (3, 3, 2), (5, 2, 1), (4, 5, 2)])
+def test_online_match_equals_teacher_forced_and_grows_with_k(tiny, d, k, workers):
+    model = tiny(vocab_size=32, num_layers=LAYERS, seed=1)
+    prompt_ids = model.encode("w7 w8 w9")
+    pipe, _, tokens = pipeline(model, prompt_ids, 30, exit_layer=d, candidates=k, workers=workers)
+    offline = ppd.teacher_forced_matches(model, pipe.head, prompt_ids, tokens, k)
+    assert len(pipe.matches) == len(tokens) - 1  # the last token spawns nothing
+    assert pipe.matches == offline[: len(pipe.matches)]
+    assert pipe.ctx.stats.extra["ppd_match_rate"] == pytest.approx(sum(offline[:-1]) / (len(tokens) - 1))
+    rates = [sum(ppd.teacher_forced_matches(model, pipe.head, prompt_ids, tokens, j)) for j in (1, 2, 4, 8)]
+    assert rates == sorted(rates)
+
+
+@pytest.mark.parametrize("d", [3, 4, 5])
+@pytest.mark.parametrize("h", [0.0, 0.5, 1.0])
+def test_simulated_latency_is_the_latency_model_when_d_is_at_least_half(tiny, d, h):
+    model = tiny(vocab_size=32, num_layers=LAYERS, seed=2)
+    r = tokenleap.generate("w3 w4", method="ppd", model=model, max_new_tokens=30, exit_layer=d, candidates=3,
+                           simulate=True, head_cost=h)
+    e, n = r.stats.extra, len(r.token_ids)
+    pipe, _, _ = pipeline(model, "w3 w4", 30, exit_layer=d, candidates=3, head_cost=h)
+    matches = pipe.matches[: n - 1]  # the same run without the driver's EOS stop
+    expected = LAYERS + sum(d + h if m else LAYERS for m in matches)  # first token: the prompt's forward
+    assert e["ppd_sim_units"] == expected == e["ppd_model_units"]
+    assert 0 < e["ppd_matches"] < n - 1  # both kinds of token occur
+    # Its mean agrees with the formula p (d+h) + (1-p) l over the tokens after the first.
+    p = sum(matches) / (n - 1)
+    assert (e["ppd_sim_units"] - LAYERS) / (n - 1) == pytest.approx(p * (d + h) + (1 - p) * LAYERS)
+
+
+def test_simulator_schedule_below_half_forbids_spawning_before_promotion():
+    # l=10, d=3, h=1: a promoted stream starts l-d-h=6 layers deep, past its exit layer, so the
+    # next branch starts at promotion (h after) and gets l-6-h=3 layers: latency l-3=7, then
+    # that stream (3 deep, at its exit) spawns normally again: d+h=4.
+    assert ppd.simulate_latency(10, 3, 1.0, [True, True, True, False, True], 6) == [10, 4, 7, 4, 10, 4]
+    assert ppd.simulate_latency(10, 5, 1.0, [True] * 3, 4) == [10, 6, 6, 6]
+    assert ppd.simulate_latency(10, 8, 3.0, [True] * 2, 3) == [10, 10, 10]  # h > l-d: the branch never gets going
+
+
+@pytest.mark.parametrize("d,k,workers", [(1, 3, 2), (2, 2, 1), (3, 3, 2), (4, 1, 1), (5, 4, 2)])
+def test_full_depth_no_scratch_leak_and_committed_kv_equals_plain_decoding(tiny, d, k, workers):
+    model = tiny(vocab_size=32, num_layers=LAYERS, seed=0)
+    prompt_ids = model.encode("w2 w3 w4 w5")
+    pipe, ctx, tokens = pipeline(model, prompt_ids, 25, exit_layer=d, candidates=k, workers=workers)
+    e, c = ctx.stats.extra, pipe.counts
+    # Every emitted token went through all l layers: on main, or promoted from its branch.
+    assert c["layers_main"] + c["layers_promoted"] == LAYERS * len(tokens)
+    assert c["branch_layers_max"] <= LAYERS - d  # no branch ever reaches layer l
+    assert c["branches"] == len(tokens) - 1 == c["released"] and not pipe._live and e["ppd_scratch_live"] == 0
+    # Committed K/V: exactly the verified positions, what plain decoding computes (a promoted branch
+    # row ran as one row of a batched decode step: bit-equal in bf16, see the real-model test; fp32
+    # BLAS may round a batch of rows differently from a single row).
+    assert pipe.cache.length == len(prompt_ids) + len(tokens) - 1
+    plain = model.runner.new_cache(1, 64)
+    model.runner.forward(plain, torch.tensor([prompt_ids]))
+    for t in tokens[:-1]:
+        model.runner.forward(plain, torch.tensor([[t]]))
+    n = pipe.cache.length
+    for m in range(LAYERS):
+        torch.testing.assert_close(pipe.cache.keys[m][:, :, :n], plain.keys[m][:, :, :n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pipe.cache.values[m][:, :, :n], plain.values[m][:, :, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_early_stop_joins_the_workers_and_keeps_thread_settings(tiny):
+    model = tiny(vocab_size=32, num_layers=LAYERS, seed=3)
+    threads = torch.get_num_threads()
+    stream = tokenleap.generate("w2 w3", method="ppd", model=model, max_new_tokens=40, stream=True, workers=2)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("ppd-")]
+    assert torch.get_num_threads() == threads
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [threads]  # the workers' one-thread setting did not leak into new threads
+
+
+def test_errors(tiny):
+    model = tiny(vocab_size=32, num_layers=LAYERS, seed=0)
+    cases = [dict(temperature=0.7), dict(exit_layer=LAYERS), dict(candidates=0), dict(workers=3),
+             dict(head="trained"), dict(head="/no/such/dir"), dict(head_cost=-2.0)]
+    for kwargs in cases:
+        with pytest.raises(tokenleap.TokenleapError):
+            tokenleap.generate("w2", method="ppd", model=model, max_new_tokens=4, **kwargs)
+    hf = tiny(runner="hf", vocab_size=32, num_layers=LAYERS, seed=0)
+    with pytest.raises(tokenleap.TokenleapError, match="lean runner"):
+        tokenleap.generate("w2", method="ppd", model=hf, max_new_tokens=4)
+
+
+def test_stats(tiny):
+    model = tiny(vocab_size=32, num_layers=LAYERS, seed=3)
+    r = tokenleap.generate("w2 w3", method="ppd", model=model, max_new_tokens=20, exit_layer=3, simulate=True)
+    s, e = r.stats, r.stats.extra
+    assert s.target_forwards == 20 and s.draft_forwards == e["ppd_branches"] == 19
+    assert s.mean_accepted_length == 1.0  # one full-depth stream per token
+    assert e["ppd_exit_layer"] == 3 and e["ppd_head_trained"] == 0.0 and e["ppd_sim_units"] <= 20 * LAYERS
+    assert s.to_dict()["extra"]["ppd_matches"] == e["ppd_matches"]
+
+
+def test_cli_bool_flag(tiny_dir, capsys):
+    path = tiny_dir(vocab_size=32, num_layers=LAYERS, seed=0)
+    code = cli_main(["generate", "w2 w3", "--model", path, "--method", "ppd", "-n", "8", "--simulate",
+                     "--workers", "1", "--exit-layer", "2", "--dtype", "fp32", "--json"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert '"ppd_sim_units"' in out and '"ppd_workers": 1' in out
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("opts", [{}, {"head": "shared", "exit_layer": 20, "workers": 1},
+                                  {"exit_layer": 12, "candidates": 5}])
+def test_equals_hf_generate_on_default_model(real_fp32, opts):
+    for prompt in ["What is the capital of France?", "Write a Python function that reverses a string."]:
+        expected = hf_greedy(real_fp32, real_fp32.encode(prompt), 40)
+        got = tokenleap.generate(prompt, method="ppd", model=real_fp32, max_new_tokens=40, **opts)
+        assert got.token_ids == expected
+
+
+def test_ppd_profile_command(tiny_dir, tmp_path, capsys):
+    path = tiny_dir(vocab_size=32, num_layers=LAYERS, seed=3)
+    prompts = tmp_path / "dev.jsonl"
+    prompts.write_text("\n".join(json.dumps({"question_id": i, "category": c, "turns": [t]}) for i, (c, t) in
+                                 enumerate([("a", "w2 w3"), ("b", "w5 w6 w7"), ("a", "w9")])))
+    code = cli_main(["ppd-profile", "--model", path, "--dtype", "fp32", "--prompts", str(prompts), "--limit", "2",
+                     "-n", "12", "--heads", "none", "--out", str(tmp_path / "out")])
+    assert code == 0 and "shared p@3" in capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "ppd_profile.json").read_text())
+    assert [r["d"] for r in result["rows"]] == list(range(1, LAYERS)) and result["tokens"] == 24
+    for r in result["rows"]:
+        s = r["shared"]
+        assert s["p@1"] <= s["p@3"] <= s["p@5"] and s["speedup_sim@3"] > 0
+        if r["d"] >= LAYERS / 2:
+            assert s["speedup_sim@3"] == pytest.approx(1 / (1 - s["p@3"] * (1 - (r["d"] + s["h"]) / LAYERS)), rel=0.1)
+    assert (tmp_path / "out" / "ppd_profile.png").stat().st_size > 0
+
+
+@pytest.mark.real_model
+def test_bit_exact_with_ar_in_bf16_on_default_model():
+    """bf16 greedy has near-ties; PPD still equals `ar` because every committed K/V and hidden state
+    comes from the same kernels as plain decoding (batched rows of a decode step, no masks)."""
+    model = tokenleap.get_model(tokenleap.DEFAULT_MODEL, "bf16")
+    prompt_ids = model.encode("Describe a busy street market in a few sentences.")
+    expected = tokenleap.generate(prompt_ids, model=model, max_new_tokens=48).token_ids
+    for opts in ({}, {"exit_layer": 15, "workers": 1}, {"exit_layer": 21, "candidates": 5}):
+        pipe, _, tokens = pipeline(model, prompt_ids, 48, **opts)
+        assert tokens == expected and sum(pipe.matches) > 5
+        plain = model.runner.new_cache(1, 256)
+        model.runner.forward(plain, torch.tensor([prompt_ids]))
+        for t in tokens[:-1]:
+            model.runner.forward(plain, torch.tensor([[t]]))
+        n = pipe.cache.length
+        assert all(torch.equal(pipe.cache.keys[m][:, :, :n], plain.keys[m][:, :, :n]) for m in range(30))
