@@ -248,6 +248,8 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
                "last": history[-1] if history else None,
                "eval": next((h for h in reversed(history) if "eval_agree" in h), None)}
     if artifact_dir:
+        # Score exactly the weights that are exported, on the held-out shard.
+        metrics["export_eval_loss"], metrics["export_eval_agree"] = evaluate(draft, eval_records, subset, remap)
         export_draft(draft, subset, cfg, metrics, Path(artifact_dir))
     return metrics
 
