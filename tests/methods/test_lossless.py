@@ -10,7 +10,7 @@ import torch
 
 import tokenleap
 from tokenleap import METHODS
-from conftest import hf_greedy
+from reference import hf_greedy
 from tokenleap.models.llama import LlamaRunner
 
 OPTION_SETS = {

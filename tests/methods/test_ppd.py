@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tokenleap
-from conftest import hf_greedy
+from reference import hf_greedy
 from tokenleap.cli import main as cli_main
 from tokenleap.generation import prepare
 from tokenleap.decoding.warping import Sampling
