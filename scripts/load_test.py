@@ -28,20 +28,11 @@ import time
 from collections import Counter
 from urllib.parse import urlsplit
 
+from tokenleap.serve.metrics import resident_memory_bytes
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PROMPTS = ["w3 w4 w5 w6", "Write one sentence about the sea.", "w7 w8 w9", "List three colours."]
 METHOD_OPTIONS = {"sps": lambda rng: {"gamma": rng.randint(1, 5)}}
-
-
-def rss_from_proc(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 class Target:
@@ -143,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def rss() -> int | None:
         if args.server_pid:
-            return rss_from_proc(args.server_pid)
+            return resident_memory_bytes(args.server_pid)
         value = target.metrics().get("process_resident_memory_bytes")
         return int(value) if value is not None else None
 

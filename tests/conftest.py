@@ -43,3 +43,14 @@ def tiny(tiny_dir):
 def real_fp32():
     """The embedded default model (SmolLM2-135M-Instruct) in fp32, for exactness tests."""
     return tokenleap.load_model(tokenleap.DEFAULT_MODEL, dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (opt in with pytest.mark.usefixtures("one_thread")): tiny
+    models gain nothing from threads, and on a busy machine two threads per tiny op wait on
+    each other far longer than they compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,15 +21,7 @@ from laws import chi_square_pvalue, draws, exact_law
 V = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two threads per tiny op wait
-    on each other far longer than they compute."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def pass_draws(target, sampling, n, **opts):
     # 6 new tokens so the first iteration drafts (y, up to L drafts, z); the law is checked on

@@ -16,15 +16,7 @@ from tokenleap.methods import pass_
 from tokenleap.train.lookahead import LookaheadTrainConfig, cut_loss, lookahead_mask, pick_cuts, train_lookahead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two threads per tiny op wait
-    on each other far longer than they compute."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def trained(tiny_dir, tmp_path_factory):
