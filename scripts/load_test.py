@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from urllib.parse import urlsplit
 
-from tokenleap.serve.metrics import resident_memory_bytes
+from tokenleap.serve.metrics import parse_metrics, resident_memory_bytes
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PROMPTS = ["w3 w4 w5 w6", "Write one sentence about the sea.", "w7 w8 w9", "List three colours."]
@@ -60,17 +60,7 @@ class Target:
 
     def metrics(self) -> dict[str, float]:
         status, raw = self.request("GET", "/metrics")
-        out: dict[str, float] = {}
-        if status != 200:
-            return out
-        for line in raw.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                try:
-                    out[name] = float(value)
-                except ValueError:
-                    pass
-        return out
+        return parse_metrics(raw.decode()) if status == 200 else {}
 
 
 def make_request(rng: random.Random, model: str, methods: list[str], max_tokens: int) -> tuple[str, dict, str]:

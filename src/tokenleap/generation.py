@@ -119,6 +119,7 @@ def run(spec: MethodSpec, ctx: DecodeContext, stop: StopCondition) -> Iterator[s
         for block in blocks:
             if ctx.stats.first_token_s is None:
                 ctx.stats.first_token_s = time.perf_counter() - start
+            text = None
             for token in block:
                 new_ids.append(token)
                 text = stream.text(new_ids) if stop.stop_strings else None
@@ -127,7 +128,8 @@ def run(spec: MethodSpec, ctx: DecodeContext, stop: StopCondition) -> Iterator[s
                     break
             if reason:
                 break
-            yield stream.settled(stream.text(new_ids))
+            # With stop strings the text of this block was decoded already.
+            yield stream.settled(text if text is not None else stream.text(new_ids))
     finally:
         # Also when the consumer stops early (a cancelled stream): the stats stay truthful.
         blocks.close()

@@ -102,10 +102,6 @@ def accepted_length(logp: torch.Tensor, logq: torch.Tensor, tau: float) -> int:
     return int(passing[-1]) + 1 if len(passing) else 0
 
 
-def target_dist(ctx: DecodeContext, logits: torch.Tensor) -> torch.Tensor:
-    return warp(logits, ctx.sampling)
-
-
 def mtad_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache, draft_cache: KVCache
               ) -> tuple[list[int], int]:
     """One round: beam-sample a block, verify it in one target forward. Returns (new tokens, n)."""
@@ -116,7 +112,7 @@ def mtad_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache, draft_c
     runner = ctx.target.runner
     logits = runner.forward(target_cache, uncached(seq + block, target_cache, runner.device))[0, n_tail - 1:]
     ctx.stats.target_forwards += 1
-    p = target_dist(ctx, logits)  # [gamma + 1, V]
+    p = warp(logits, ctx.sampling)  # [gamma + 1, V]
     logp = p[torch.arange(len(block)), block].log()
     n = accepted_length(logp, logq, ctx.options.tau)
     # The extra token comes from the plain warped target after the accepted prefix.
@@ -183,7 +179,7 @@ def tree_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache, draft_c
     positions = torch.tensor(list(range(start, len(seq))) + [len(seq) + node.depth for node in nodes])
     logits = runner.forward(target_cache, ids, positions=positions, attn_mask=tree_mask(n_tail, nodes))[0]
     ctx.stats.target_forwards += 1
-    p = target_dist(ctx, logits)
+    p = warp(logits, ctx.sampling)
     # Row that predicts node k: its parent's row (the last tail row for depth 1).
     rows = [n_tail - 1 if node.parent < 0 else n_tail + node.parent for node in nodes]
     logp = p[rows, [node.token for node in nodes]].log().tolist()
