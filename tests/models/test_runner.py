@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+import tokenleap
 from tokenleap.models.hf import HFRunner
+from tokenleap.models.llama import _pack, linear
 
 SHAPES = [dict(vocab_size=32, seed=0), dict(vocab_size=40, seed=1, num_kv_heads=4, tie_word_embeddings=True)]
 
@@ -72,3 +74,31 @@ def test_reduced_head_gives_minus_inf_outside_the_subset(tiny):
     outside = torch.ones(32, dtype=torch.bool)
     outside[subset] = False
     assert torch.isinf(part[..., outside]).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64), (1, 7, 64), (3, 5, 64)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_packed_bf16_linear_is_bit_identical_to_f_linear(shape, with_bias):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 64, generator=g).bfloat16()
+    b = torch.randn(96, generator=g).bfloat16() if with_bias else None
+    x = torch.randn(*shape, generator=g).bfloat16()
+    packed = _pack(w)
+    assert packed.is_mkldnn == torch.backends.mkldnn.is_available()
+    assert torch.equal(linear(x, packed, b), torch.nn.functional.linear(x, w, b))
+
+
+def test_fp32_weights_are_not_packed(tiny):
+    runner = tiny(vocab_size=32, seed=0).runner
+    assert not runner.head_w.is_mkldnn and not runner.layers[0].qkv_w.is_mkldnn
+
+
+def test_bf16_lean_forward_matches_hf_forward(tiny_dir):
+    model = tokenleap.load_model(tiny_dir(vocab_size=32, seed=0), dtype="bf16")
+    assert model.runner.layers[0].gate_up_w.is_mkldnn == torch.backends.mkldnn.is_available()
+    ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref = model.hf_model(ids).logits.float()
+    lean = model.runner.forward(model.runner.new_cache(1, 16), ids).float()
+    assert (lean.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    assert torch.allclose(lean, ref, atol=0.1, rtol=0.05)

@@ -41,9 +41,27 @@ class _Layer:
     down_w: torch.Tensor
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _packs_weights(weight: torch.Tensor) -> bool:
+    """Whether this runner pre-packs weights for oneDNN.
+
+    On CPU a bf16 F.linear re-lays-out its weight on every call; packing once up front
+    makes the decode step ~1.3x faster with bit-identical results (checked in
+    tests/models/test_llama.py). fp32 and fp16 stay on F.linear: there oneDNN's packed
+    kernel rounds differently, and fp32 is where we test exactness against HF.
+    """
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available())
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 1) if _packs_weights(weight) else weight
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear that also takes a oneDNN-packed weight (see `_packs_weights`)."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
 
 
 class LlamaRunner:
@@ -68,6 +86,7 @@ class LlamaRunner:
             self.head_w = self.head_w[self.head_ids]
         self.dtype = self.head_w.dtype
         self.device = self.head_w.device
+        self.head_w = _pack(self.head_w)
         self.layers = [self._fuse(layer) for layer in inner.layers]
         # cos/sin for every position up to the context, from the model's own rotary module
         # (so scaled RoPE variants come out right); extended on demand.
@@ -80,19 +99,24 @@ class LlamaRunner:
         biases = [p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
         return _Layer(
             attn_norm=layer.input_layernorm.weight,
-            qkv_w=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+            qkv_w=_pack(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
             qkv_b=torch.cat(biases) if biases[0] is not None else None,
-            o_w=a.o_proj.weight,
+            o_w=_pack(a.o_proj.weight),
             mlp_norm=layer.post_attention_layernorm.weight,
-            gate_up_w=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
-            down_w=m.down_proj.weight,
+            gate_up_w=_pack(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
+            down_w=_pack(m.down_proj.weight),
         )
 
     @torch.no_grad()
     def _rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         probe = torch.zeros(1, dtype=torch.float32, device=self.device)
         cos, sin = self._rotary(probe, torch.arange(n, device=self.device)[None])
-        return cos[0].to(self.dtype), sin[0].to(self.dtype)
+        cos, sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        # HF rotates as x*cos + cat(-x2, x1)*sin. We use x*cos + roll(x)*sin_signed with
+        # the first half of sin negated: the same products (negation is exact), two fewer
+        # ops per layer.
+        half = self.head_dim // 2
+        return cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
     # -- pieces, exposed for methods that need per-layer access -------------------------
     def new_cache(self, batch: int = 1, capacity: int = 256) -> StaticKVCache:
@@ -104,22 +128,22 @@ class LlamaRunner:
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # Same arithmetic as HF's LlamaRMSNorm: normalise in fp32, scale in the model dtype.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * xf.to(x.dtype)
+        # (F.rms_norm is bit-identical to HF's pow/mean/rsqrt sequence, in fewer ops.)
+        return weight * F.rms_norm(x.float(), x.shape[-1:], None, self.eps).to(x.dtype)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: hidden states [B, n, d] -> logits [B, n, V]."""
-        logits = F.linear(self.rms_norm(hidden, self.final_norm), self.head_w)
+        logits = linear(self.rms_norm(hidden, self.final_norm), self.head_w)
         if self.head_ids is None:
             return logits
         full = logits.new_full(logits.shape[:-1] + (self.vocab_size,), float("-inf"))
         return full.index_copy_(-1, self.head_ids, logits)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin for `positions`, shaped [n, 1, D] to broadcast over heads."""
         if int(positions.max()) >= self._cos.shape[0]:
             self._cos, self._sin = self._rope_table(2 * int(positions.max()) + 1)
-        return self._cos[positions], self._sin[positions]
+        return self._cos[positions, None], self._sin[positions, None]
 
     def attention_mask(self, start: int, n: int, attn_mask: torch.Tensor | None) -> torch.Tensor | None:
         """Bool [n, start + n]: cached positions all visible, new ones causal (or as given)."""
@@ -136,23 +160,20 @@ class LlamaRunner:
         L = self.layers[i]
         B, n, _ = x.shape
         H, KV, D = self.num_heads, self.kv_heads, self.head_dim
-        h = self.rms_norm(x, L.attn_norm)
-        qkv = F.linear(h, L.qkv_w, L.qkv_b)
-        q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
-        q = q.view(B, n, H, D).transpose(1, 2)
-        k = k.view(B, n, KV, D).transpose(1, 2)
-        v = v.view(B, n, KV, D).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        qkv = linear(self.rms_norm(x, L.attn_norm), L.qkv_w, L.qkv_b).view(B, n, H + 2 * KV, D)
+        # Rotate q and k together: one [B, n, H+KV, D] op instead of one each.
+        qk = qkv[:, :, :H + KV]
+        qk = qk * cos + qk.roll(D // 2, dims=-1) * sin
+        q = qk[:, :, :H].transpose(1, 2)
         end = start + n
-        cache.keys[i][:, :, start:end] = k
-        cache.values[i][:, :, start:end] = v
+        cache.keys[i][:, :, start:end] = qk[:, :, H:].transpose(1, 2)
+        cache.values[i][:, :, start:end] = qkv[:, :, H + KV:].transpose(1, 2)
         attn = F.scaled_dot_product_attention(
             q, cache.keys[i][:, :, :end], cache.values[i][:, :, :end],
             attn_mask=mask, enable_gqa=H != KV)
-        x = x + F.linear(attn.transpose(1, 2).reshape(B, n, H * D), L.o_w)
-        gate, up = F.linear(self.rms_norm(x, L.mlp_norm), L.gate_up_w).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, L.down_w)
+        x = x + linear(attn.transpose(1, 2).reshape(B, n, H * D), L.o_w)
+        gate, up = linear(self.rms_norm(x, L.mlp_norm), L.gate_up_w).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, L.down_w)
 
     # -- the whole forward ---------------------------------------------------------------
     @torch.no_grad()
