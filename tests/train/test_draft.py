@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 import tokenleap
 from tokenleap.models.registry import SUBSET_FILE, assemble_draft
 from tokenleap.train.draft import DraftTrainConfig, train_draft
-from tokenleap.train.prompts import is_disjoint, training_prompts
+from tokenleap.train.prompts import document_prompts, is_disjoint, training_prompts
 
 
 def test_training_prompts_are_deterministic_and_disjoint_from_spec_bench(tmp_path):
@@ -20,6 +20,17 @@ def test_training_prompts_are_deterministic_and_disjoint_from_spec_bench(tmp_pat
     assert not is_disjoint(["Write a poem about volcanoes."], bench)
     spec_bench = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "spec_bench_dev.jsonl"
     assert is_disjoint(training_prompts(1000), spec_bench)
+
+
+def test_documents_become_summaries_and_questions_a_third_of_the_set():
+    subjects = [s for s, _ in document_prompts(40)]
+    docs = [(s, f"A long text about {s}, number {i}.") for i, s in enumerate(subjects)]
+    prompts = training_prompts(120, seed=1, documents=docs)
+    assert len(set(prompts)) == 120 and prompts == training_prompts(120, seed=1, documents=docs)
+    summaries = [p for p in prompts if p.startswith("Summarize: A long text")]
+    rag = [p for p in prompts if p.count("A long text") == 2]
+    assert len(summaries) + len(rag) == 40 and summaries and rag
+    assert any(p.startswith("Translate German to English:") for p in prompts)
 
 
 def test_distillation_lowers_loss_keeps_target_and_exports_a_loadable_draft(tiny_dir, tmp_path):

@@ -24,20 +24,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from ..models.loading import Model
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
-from .prompts import training_prompts
+from .prompts import document_prompts, training_prompts
 
-SHARD_SIZE = 48
+SHARD_SIZE = 96
 
 
 @dataclass
 class DraftTrainConfig:
     out: str = "runs/draft"
-    prompts: int = 1512
-    max_new_tokens: int = 192
+    prompts: int = 4096  # of which prompts // 8 have the target write documents first
+    max_new_tokens: int = 160
     top_k: int = 32  # target log-probs kept per position
     layers: str = "0,1,2,29"  # target layers the draft starts from
     vocab: int = 8192  # reduced draft vocabulary
@@ -52,56 +52,75 @@ class DraftTrainConfig:
 
 # -- 1. data -----------------------------------------------------------------------------
 def build_dataset(target: Model, cfg: DraftTrainConfig) -> list[Path]:
-    """Generate (or resume generating) shards of target-written sequences with top-k targets."""
+    """Generate (or resume generating) shards of target-written sequences with top-k targets.
+
+    Two passes: the target first writes documents (articles, reports), then answers the
+    training prompts, a third of which summarise those documents or answer questions over
+    them, as Spec-Bench's long-input categories do."""
     data_dir = Path(cfg.out) / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    prompts = training_prompts(cfg.prompts, cfg.seed)
+    docs = document_prompts(max(1, cfg.prompts // 8), cfg.seed)
+    # Documents get twice the answer length: long inputs are the point of them.
+    doc_paths = write_shards(target, [p for _, p in docs], data_dir / "doc", cfg, 2 * cfg.max_new_tokens)
+    texts = [target.decode(r["ids"][r["start"] + 1:].tolist()).strip() for r in load_records(doc_paths)]
+    documents = [(subject, text) for (subject, _), text in zip(docs, texts) if text]
+    prompts = training_prompts(cfg.prompts - len(docs), cfg.seed, documents)
+    # Similar lengths share a shard (less padding); training shuffles shards' sequences anyway.
+    prompts.sort(key=len)
+    return doc_paths + write_shards(target, prompts, data_dir / "task", cfg, cfg.max_new_tokens)
+
+
+def write_shards(target: Model, prompts: list[str], prefix: Path, cfg: DraftTrainConfig,
+                 max_new_tokens: int) -> list[Path]:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
     shards = [prompts[i:i + SHARD_SIZE] for i in range(0, len(prompts), SHARD_SIZE)]
-    paths = [data_dir / f"shard-{i:04d}.pt" for i in range(len(shards))]
+    paths = [prefix.parent / f"{prefix.name}-shard-{i:04d}.pt" for i in range(len(shards))]
     todo = [i for i, p in enumerate(paths) if not p.is_file()]
     with progress() as bar:
-        task = bar.add_task("target writes training text", total=len(shards), completed=len(shards) - len(todo),
-                            info="")
+        task = bar.add_task(f"target writes training text ({prefix.name})", total=len(shards),
+                            completed=len(shards) - len(todo), info="")
         for i in todo:
             start = time.perf_counter()
-            records = [score(target, ids, cfg.top_k) for ids in generate_batch(target, shards[i], cfg.max_new_tokens)]
-            save_checkpoint(paths[i], {"records": records})
+            records = generate_batch(target, shards[i], max_new_tokens, cfg.top_k)
+            save_checkpoint(paths[i], {"records": records, "prompts": shards[i]})
             n = sum(len(r["topk_ids"]) for r in records)
             bar.update(task, advance=1, info=f"{n / (time.perf_counter() - start):.0f} tok/s")
     return paths
 
 
+class _TopK(LogitsProcessor):
+    """Records the top-k log-probs of every decoding step, leaving the scores untouched."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.ids, self.logp = k, [], []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        top = scores.float().log_softmax(-1).topk(self.k, dim=-1)
+        self.ids.append(top.indices.to(torch.int32))
+        self.logp.append(top.values.to(torch.float16))
+        return scores
+
+
 @torch.no_grad()
-def generate_batch(target: Model, prompts: list[str], max_new_tokens: int) -> list[tuple[list[int], int]]:
-    """Greedy answers for a batch of prompts (left-padded HF generate): (ids, prompt length)."""
-    tok = target.tokenizer
+def generate_batch(target: Model, prompts: list[str], max_new_tokens: int, top_k: int) -> list[dict]:
+    """Greedy answers for a batch of prompts (left-padded HF generate), each a record with the
+    target's top-k log-probs at every position that predicts a generated token (taken from
+    the decoding step itself, so no second forward)."""
     encoded = [target.encode(p) for p in prompts]
     width = max(len(e) for e in encoded)
     pad = sorted(target.eos_token_ids)[0]
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    recorder = _TopK(top_k)
     out = target.hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=pad, eos_token_id=sorted(target.eos_token_ids))
-    result = []
-    for e, row in zip(encoded, out[:, width:].tolist()):
-        gen = row
-        for j, t in enumerate(row):
-            if t in target.eos_token_ids:
-                gen = row[: j + 1]
-                break
-        result.append((e + gen, len(e)))
-    del tok
-    return result
-
-
-@torch.no_grad()
-def score(target: Model, seq: tuple[list[int], int], top_k: int) -> dict:
-    """Top-k target log-probs at every position that predicts a generated token."""
-    ids, prompt_len = seq
-    logits = target.hf_model(torch.tensor([ids])).logits[0, prompt_len - 1: len(ids) - 1].float()
-    top = logits.log_softmax(-1).topk(top_k, dim=-1)
-    return {"ids": torch.tensor(ids, dtype=torch.int32), "start": prompt_len - 1,
-            "topk_ids": top.indices.to(torch.int32), "topk_logp": top.values.to(torch.float16)}
+                                   do_sample=False, pad_token_id=pad, eos_token_id=sorted(target.eos_token_ids),
+                                   logits_processor=LogitsProcessorList([recorder]))
+    topk_ids, topk_logp = torch.stack(recorder.ids, 1), torch.stack(recorder.logp, 1)
+    records = []
+    for b, (e, row) in enumerate(zip(encoded, out[:, width:].tolist())):
+        n = next((j + 1 for j, t in enumerate(row) if t in target.eos_token_ids), len(row))
+        records.append({"ids": torch.tensor(e + row[:n], dtype=torch.int32), "start": len(e) - 1,
+                        "topk_ids": topk_ids[b, :n].clone(), "topk_logp": topk_logp[b, :n].clone()})
+    return records
 
 
 def load_records(paths: list[Path]) -> list[dict]:
@@ -197,8 +216,10 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     paths = build_dataset(target, cfg)
-    held_out, train_paths = paths[-1:], paths[:-1] or paths
-    records, eval_records = load_records(train_paths), load_records(held_out)
+    everything = load_records(paths)
+    # Every 32nd sequence is held out: all kinds of prompt, never trained on.
+    records = [r for i, r in enumerate(everything) if i % 32] or everything
+    eval_records = everything[::32]
     subset = vocabulary_subset(records, cfg.vocab, set(target.eos_token_ids))
     remap = torch.full((target.runner.vocab_size,), -1, dtype=torch.long)
     remap[subset] = torch.arange(len(subset))

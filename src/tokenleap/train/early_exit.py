@@ -53,9 +53,9 @@ class EarlyExitTrainConfig:
 # -- 1./2. data and features ---------------------------------------------------------------
 def shard_paths(target: Model, cfg: EarlyExitTrainConfig) -> list[Path]:
     if cfg.data:
-        paths = sorted(Path(cfg.data).expanduser().glob("shard-*.pt"))
+        paths = sorted(Path(cfg.data).expanduser().glob("*shard-*.pt"))
         if not paths:
-            raise FileNotFoundError(f"no data shards (shard-*.pt) in {cfg.data}")
+            raise FileNotFoundError(f"no data shards (*shard-*.pt) in {cfg.data}")
         return paths
     return build_dataset(target, DraftTrainConfig(out=cfg.out, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens,
                                                   top_k=cfg.top_k, seed=cfg.seed))

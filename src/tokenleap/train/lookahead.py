@@ -72,9 +72,9 @@ def data_shards(target: Model, cfg: LookaheadTrainConfig) -> list[Path]:
     if not cfg.data:
         return build_dataset(target, DraftTrainConfig(out=cfg.out, prompts=cfg.prompts,
                                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
-    paths = sorted(Path(cfg.data).expanduser().glob("shard-*.pt"))
+    paths = sorted(Path(cfg.data).expanduser().glob("*shard-*.pt"))
     if not paths:
-        raise TokenleapError(f"no data shards (shard-*.pt) in {cfg.data}")
+        raise TokenleapError(f"no data shards (*shard-*.pt) in {cfg.data}")
     return paths
 
 

@@ -64,9 +64,71 @@ FUNCS = [
 ]
 
 
-def training_prompts(n: int, seed: int = 0) -> list[str]:
-    """n distinct prompts, the same for the same seed."""
-    rng = random.Random(seed)
+# Spec-Bench's big categories (translation, summarisation, QA, maths word problems, RAG)
+# in our own words: templates with slots, never its text.
+DOCUMENTS = [
+    "Write a news article about {t}.", "Write an encyclopedia entry about {t}.",
+    "Write a detailed report on recent developments in {t}.",
+]
+EVENTS = [
+    "a flood", "a new bridge opening", "a city council election", "a music festival", "a factory closing",
+    "a heat wave", "a train strike", "a new hospital", "a football final", "a museum robbery",
+    "a tech company merger", "a school reform", "a power outage", "a marathon", "a food price rise",
+    "a rescue at sea",
+]
+CITIES = ["Lisbon", "Nairobi", "Toronto", "Osaka", "Melbourne", "Lyon", "Denver", "Krakow", "Lima", "Dublin",
+          "Seoul", "Cape Town"]
+QUESTIONS = [
+    "What is {t}?", "Describe the main facts about {t}.", "Why does {t} matter to people?",
+    "What are the key points about {t} in the text above?", "Explain how {t} works.",
+    "What problems are connected with {t}?",
+]
+GERMAN_SUBJECTS = [
+    "Die Regierung", "Der Bürgermeister", "Die Polizei", "Viele Menschen", "Das Unternehmen", "Die Schüler",
+    "Mein Nachbar", "Die Europäische Union", "Der Trainer", "Die Wissenschaftler", "Die Stadt", "Der Verein",
+]
+GERMAN_PREDICATES = [
+    "hat am Montag neue Pläne vorgestellt", "will die Steuern senken", "kritisiert die Entscheidung scharf",
+    "hat ein neues Gesetz beschlossen", "sucht nach einer Lösung für das Problem",
+    "erwartet ein starkes Wachstum im nächsten Jahr", "warnt vor steigenden Preisen", "feiert den Erfolg",
+    "hat die Verhandlungen abgebrochen", "will mehr Geld in Schulen investieren",
+    "hat den Vertrag nicht verlängert", "bereitet sich auf den Winter vor",
+]
+GERMAN_ENDINGS = ["", " , sagte ein Sprecher am Dienstag", " in Berlin", " trotz heftiger Kritik",
+                  " , wie die Zeitung berichtet", " nach monatelangen Gesprächen"]
+QA = [
+    ("Who invented {x}?", ["the telephone", "the light bulb", "the printing press", "the airplane", "the radio",
+                           "the steam engine", "the bicycle", "the television", "the vaccine", "the computer"]),
+    ("What is the capital of {x}?", ["Canada", "Australia", "Kenya", "Peru", "Norway", "Vietnam", "Egypt",
+                                     "Chile", "Poland", "Turkey"]),
+    ("When did {x} happen?", ["the first Moon landing", "the fall of the Berlin Wall", "the Black Death",
+                              "the first Olympic Games", "the American Revolution", "the Great Depression"]),
+    ("Where is {x} located?", ["the Eiffel Tower", "Mount Kilimanjaro", "the Sahara", "Machu Picchu",
+                               "the Great Barrier Reef", "Angkor Wat", "the Taj Mahal"]),
+    ("How many {x}?", ["bones are in the human body", "players are on a soccer team", "planets are in the solar system",
+                       "strings does a guitar have", "days are in a leap year", "keys does a piano have"]),
+    ("Why is {x}?", ["the sky blue", "the sea salty", "ice slippery", "the sun hot", "grass green"]),
+    ("Who wrote {x}?", ["Hamlet", "Pride and Prejudice", "the Odyssey", "War and Peace", "Don Quixote",
+                        "The Little Prince", "Moby Dick"]),
+]
+NAMES = ["Maria", "Tom", "Aisha", "Ben", "Lena", "Carlos", "Yuki", "Omar", "Priya", "Jack", "Sofia", "Noah"]
+WORD_PROBLEMS = [
+    "{n} buys {a} boxes of apples. Each box holds {b} apples. {n} gives away {c} apples. How many apples are left?",
+    "{n} earns ${a} per hour and works {b} hours a week. How much does {n} earn in {c} weeks?",
+    "A bakery makes {a} loaves a day and sells {b} of them. How many loaves are unsold after {c} days?",
+    "{n} reads {b} pages a day. The book has {a} pages. How many days will it take to finish the book?",
+    "{n} has ${a}. A shirt costs ${b} and a hat costs ${c}. How much money is left after buying both?",
+    "A farmer has {a} chickens and {b} cows. How many legs do the animals have in total?",
+    "{n} runs {b} km on weekdays and {c} km on each weekend day. How far does {n} run in a week?",
+    "A class of {a} students is split into groups of {c}. How many full groups are there, and how many "
+    "students are left over?",
+    "{n} saves ${b} every month. After {c} months, {n} spends ${a}. How much is saved now?",
+    "A tank holds {a} liters. It leaks {c} liters per hour. How many liters remain after {b} hours?",
+]
+
+
+def topical_prompts(rng: random.Random) -> list[str]:
+    """Writing, explaining, maths and code prompts over the topic lists (the original set)."""
     pool: set[str] = set()
     for t in TOPICS:
         for task in TASKS:
@@ -78,9 +140,60 @@ def training_prompts(n: int, seed: int = 0) -> list[str]:
     for template in CODE:
         for f, g in FUNCS:
             pool.add(template.format(f=f, g=g))
-    prompts = sorted(pool)
-    rng.shuffle(prompts)
-    return prompts[:n]
+    return sorted(pool)
+
+
+def short_task_prompts(rng: random.Random) -> list[str]:
+    """Translation, short factual questions and word problems."""
+    pool = [f"Translate German to English: {s} {p}{e} ."
+            for s in GERMAN_SUBJECTS for p in GERMAN_PREDICATES for e in GERMAN_ENDINGS]
+    pool += [q.format(x=x) for q, xs in QA for x in xs]
+    for template in WORD_PROBLEMS:
+        for _ in range(60):
+            pool.append(template.format(n=rng.choice(NAMES), a=rng.randint(12, 400), b=rng.randint(2, 30),
+                                        c=rng.randint(2, 11)))
+    return sorted(set(pool))
+
+
+def document_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(subject, prompt) for documents the target writes, to be summarised and questioned
+    later (see `training_prompts`)."""
+    rng = random.Random(seed)
+    pool = [(t, d.format(t=t)) for d in DOCUMENTS for t in TOPICS]
+    pool += [(f"the {e[2:]} in {c}", f"Write a news report about {e} in {c}.") for e in EVENTS for c in CITIES]
+    rng.shuffle(pool)
+    return pool[:n]
+
+
+def training_prompts(n: int, seed: int = 0, documents: list[tuple[str, str]] = ()) -> list[str]:
+    """n distinct prompts, the same for the same seed and documents.
+
+    `documents` are (subject, text) pairs the target wrote; with them, about a third of the
+    prompts are long ones, as in Spec-Bench: "Summarize: <text>" and passages followed by
+    a question (RAG). The rest are short tasks and topical prompts in equal parts.
+    """
+    rng = random.Random(seed)
+    topical, short = topical_prompts(rng), short_task_prompts(rng)
+    rng.shuffle(topical)
+    rng.shuffle(short)
+    long: list[str] = []
+    docs = list(documents)
+    for i, (subject, text) in enumerate(docs):
+        other = docs[(i * 7 + 3) % len(docs)][1]
+        long.append(f"Summarize: {text}")
+        long.append(f"{other}\n{text}\n{rng.choice(QUESTIONS).format(t=subject)}")
+    long = sorted(set(long))  # two documents can come out the same
+    rng.shuffle(long)
+    n_long = min(len(long), n // 3)
+    n_short = min(len(short), (n - n_long) // 2)
+    picked = long[:n_long] + short[:n_short]
+    taken = set(picked)
+    rest = [p for p in topical + short[n_short:] + long[n_long:] if p not in taken]
+    picked += rest[: n - len(picked)]
+    if len(picked) < n:
+        raise ValueError(f"only {len(picked)} distinct training prompts available, asked for {n}")
+    rng.shuffle(picked)
+    return picked
 
 
 def is_disjoint(prompts: list[str], spec_bench_file: str | Path) -> bool:
