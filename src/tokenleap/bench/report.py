@@ -151,6 +151,11 @@ def _categories(summary: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(c for m in summary.values() for c in m["per_category"]))
 
 
+# The figure ../shared/specs/benchmark.md records for llama.cpp on this kind of machine.
+LLAMA_CPP_TOK_S = 160.0
+LLAMA_CPP_SOURCE = "SmolLM2-135M Q4_1 GGUF, 2 threads, greedy; benchmark spec, 2026-11"
+
+
 def _notes(results: dict[str, Any]) -> list[str]:
     cfg = results["config"]
     notes = ["- tok/s = all generated tokens / all wall time (EOS included; counted as token ids for "
@@ -166,6 +171,11 @@ def _notes(results: dict[str, Any]) -> list[str]:
         notes.append("- lossless check: " + (f"outputs differ from `ar` for {', '.join(off)} (in bf16, "
                                             "round-off between batched and single-token forwards can flip "
                                             "near-tied argmaxes)" if off else "every lossless method matched `ar`."))
+    if results["summary"]:
+        best, row = max(results["summary"].items(), key=lambda kv: kv[1]["tokens_per_s"] or 0.0)
+        notes.append(f"- llama.cpp anchor (recorded, not run: llama-cpp-python has no wheel here): "
+                     f"≈{LLAMA_CPP_TOK_S:.0f} tok/s on this machine kind ({LLAMA_CPP_SOURCE}); fastest method "
+                     f"in this run: {best} at {row['tokens_per_s']:.1f} tok/s.")
     failed = [r for r in results["per_prompt"] if r["error"]]
     for r in failed[:10]:
         notes.append(f"- failed: {r['method']} on {r['category']}/{r['question_id']}: {r['error']}")
