@@ -132,8 +132,21 @@ def test_gamma_sweep_runs_each_gamma_and_plots(bench, tmp_path):
     assert {r["category"] for r in results["per_prompt"]} == {"alpha", "beta"}
 
 
+def test_method_variants_run_one_method_with_several_option_sets(bench):
+    code, results = bench("--methods", "ar,sps@gamma=1,sps@gamma=3", "--gamma", "2", "--limit", "2", "-n", "6")
+    assert code == 0
+    assert list(results["summary"]) == ["ar", "sps@gamma=1", "sps@gamma=3"]
+    assert [m["options"]["gamma"] for m in results["methods"][1:]] == [1, 3]
+    assert len(results["summary"]["sps@gamma=3"]["acceptance_by_position"]) == 3
+    assert all(m["exact_match"] == 1.0 for m in results["summary"].values())
+
+
 @pytest.mark.parametrize("args, message", [
     (["--methods", "ar,nope"], "unknown method 'nope'"),
+    (["--methods", "ar,sps@gamma"], "bad method variant 'sps@gamma'"),
+    (["--methods", "ar,sps@beam_width=2"], "has no option 'beam_width'"),
+    (["--methods", "ar,sps@gamma=0"], "gamma must be an integer >= 1"),
+    (["--methods", "ar,hf@gamma=2"], "takes no option 'gamma'"),
     (["--methods", "sps"], "needs a draft model"),
     (["--methods", "hf-assisted"], "needs a draft model"),
     (["--methods", "ar", "--categories", "gamma"], "unknown category 'gamma'"),

@@ -40,7 +40,9 @@ def add_bench_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Nam
     p.add_argument("--limit", type=int, default=None, help="at most N prompts, taken round-robin over categories")
     p.add_argument("--categories", type=_csv, default=None, help="only these categories (comma-separated)")
     p.add_argument("--methods", type=_csv, default=["ar"],
-                   help=f"comma-separated, from: {', '.join([*METHODS, *HF_METHODS])} (default: ar)")
+                   help=f"comma-separated, from: {', '.join([*METHODS, *HF_METHODS])} (default: ar); "
+                        "a variant with its own options is name@key=value+key=value, e.g. "
+                        "pass@lookahead=2+embeddings=zero")
     p.add_argument("--model", default=DEFAULT_MODEL, help="target: registry name, HF directory, .gguf or hub id")
     p.add_argument("--draft", default=None, help="draft model for sps, hf-assisted and other draft-based methods")
     p.add_argument("--max-new-tokens", "-n", type=int, default=128)

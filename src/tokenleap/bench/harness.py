@@ -177,6 +177,31 @@ def accepted_options(base: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(METHODS[base].options))
 
 
+def parse_variant(entry: str) -> tuple[str, dict[str, Any]]:
+    """"pass@lookahead=2+embeddings=zero" -> ("pass", {"lookahead": 2, "embeddings": "zero"}):
+    one method several times in a run, each with its own options (the entry is its label)."""
+    name, _, spec = entry.partition("@")
+    options: dict[str, Any] = {}
+    for item in filter(None, spec.split("+")):
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            raise TokenleapError(f"bad method variant {entry!r}: options are key=value joined by '+' "
+                                 "(e.g. pass@lookahead=2+embeddings=zero)")
+        options[key.replace("-", "_")] = _option_value(text)
+    return name, options
+
+
+def _option_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[int] | None = None) -> list[BenchMethod]:
     """The methods to run, each given only the options it accepts. With a gamma sweep, every
     method taking `gamma` becomes one method per value, named like `sps@g=2`."""
@@ -184,17 +209,20 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
         raise TokenleapError("no methods given (--methods ar,sps,...)")
     available = list(METHODS) + list(HF_METHODS)
     planned: list[BenchMethod] = []
-    for name in dict.fromkeys(names):  # a method listed twice runs once
+    for entry in dict.fromkeys(names):  # a method listed twice runs once
+        name, variant = parse_variant(entry)
         if name not in available:
             raise TokenleapError(f"unknown method {name!r}; available: {', '.join(available)}")
         takes = accepted_options(name)
-        own = {k: v for k, v in options.items() if k in takes}
+        if name in HF_METHODS and set(variant) - set(takes):
+            raise TokenleapError(f"method {name!r} takes no option {sorted(set(variant) - set(takes))[0]!r}")
+        own = {**{k: v for k, v in options.items() if k in takes}, **variant}
         needs_draft = name == "hf-assisted" or (name in METHODS and METHODS[name].needs_draft)
         lossless = name in HF_METHODS or METHODS[name].lossless
-        gammas = sweep_gamma if sweep_gamma and "gamma" in takes else [None]
+        gammas = sweep_gamma if sweep_gamma and "gamma" in takes and "gamma" not in variant else [None]
         for g in gammas:
             opts = own if g is None else {**own, "gamma": g}
-            label = name if g is None else f"{name}@g={g}"
+            label = entry if g is None else f"{entry}@g={g}"
             planned.append(BenchMethod(label, name, opts, needs_draft, lossless))
     if sweep_gamma and not any("@g=" in m.name for m in planned):
         raise TokenleapError("--sweep-gamma needs a method with a gamma option among --methods (e.g. sps)")
