@@ -212,3 +212,14 @@ def test_energy_meter_reads_rapl_packages_and_handles_wraparound(tmp_path, monke
     assert meter.read() - start == pytest.approx(10.5)
     monkeypatch.setattr(EnergyMeter, "ROOT", str(tmp_path / "none"))
     assert EnergyMeter().source.startswith("estimate: process CPU time x 10 W per core")
+
+
+def test_ppd_runs_report_prediction_beside_measurement(bench, tmp_path):
+    code, results = bench("--methods", "ar,ppd", "--exit-layer", "1", "--candidates", "2", "--head", "shared",
+                          "--limit", "2", "-n", "12")
+    assert code == 0 and results["summary"]["ppd"]["exact_match"] == 1.0
+    report = (tmp_path / "out" / "report.md").read_text()
+    section = report[report.index("## PPD: predicted vs measured"):report.index("## Notes")]
+    row = next(line for line in section.splitlines() if line.startswith("| ppd |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "1" and 0.0 <= float(cells[2]) <= 1.0 and float(cells[3]) >= 1.0

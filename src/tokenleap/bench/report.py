@@ -141,10 +141,50 @@ def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) ->
                         [[n] + [_fmt(x) for x in v] + [""] * (width - len(v)) for n, v in accept.items()])
     else:
         lines.append("No method proposed drafts.")
+    lines += _ppd_section(results)
     lines += ["", "## Notes", "", *_notes(results)]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _ppd_section(results: dict[str, Any]) -> list[str]:
+    """For PPD runs: the latency model's prediction beside the measured speedup, and where
+    the time went (the main stream's layer cost against `ar`'s, branch work, waits)."""
+    from ..methods.ppd import predicted_speedup
+
+    runs: dict[str, list[dict]] = {}
+    for r in results["per_prompt"]:
+        if not r["error"] and "ppd_match_rate" in (r["stats"].get("extra") or {}):
+            runs.setdefault(r["method"], []).append(r)
+    base = results["summary"].get(BASELINE)
+    if not runs:
+        return []
+    lines = ["", "## PPD: predicted vs measured", ""]
+    rows, notes = [], []
+    for name, recs in runs.items():
+        ex = [r["stats"]["extra"] for r in recs]
+        total = lambda key: sum(e[key] for e in ex)  # noqa: E731
+        tokens, wall = sum(r["tokens"] for r in recs), sum(r["wall_s"] for r in recs)
+        layers, d, h = ex[0]["ppd_layers"], ex[0]["ppd_exit_layer"], ex[0]["ppd_head_cost"]
+        p = total("ppd_matches") / max(1, tokens - len(recs))  # every token after a prompt's first
+        predicted = predicted_speedup(p, d, h, layers)
+        main_ms = 1e3 * total("ppd_main_s") / max(1, total("ppd_layers_main"))
+        ar_ms = 1e3 * base["wall_s"] / base["tokens"] / layers if base and base["tokens"] else None
+        measured = results["summary"][name]["speedup"]
+        rows.append([name, f"{d}", f"{p:.2f}", f"{predicted:.2f}", _fmt(measured), f"{main_ms:.2f}",
+                     _fmt(ar_ms), f"{total('ppd_branch_s'):.1f}", f"{total('ppd_exit_head_s'):.2f}",
+                     f"{total('ppd_wait_s'):.2f}", f"{wall:.1f}"])
+        if measured is not None and ar_ms and measured < predicted:
+            notes.append(f"- {name}: the model predicts {predicted:.2f}× from the realised match rate {p:.2f}, "
+                         f"measured {measured:.2f}×. A main-stream layer took {main_ms:.2f} ms against `ar`'s "
+                         f"{ar_ms:.2f} ms, because branch workers share the machine's cores; that alone "
+                         f"scales the prediction to {predicted * ar_ms / main_ms:.2f}×. Branch work took "
+                         f"{total('ppd_branch_s'):.1f} s of {wall:.1f} s wall, the exit head "
+                         f"{total('ppd_exit_head_s'):.2f} s, waits for branches {total('ppd_wait_s'):.2f} s.")
+    lines += _table(["method", "d", "match rate", "predicted", "measured", "main ms/layer", "ar ms/layer",
+                     "branch s", "exit head s", "wait s", "wall s"], rows)
+    return lines + ([""] + notes if notes else [])
 
 
 def _categories(summary: dict[str, Any]) -> list[str]:
