@@ -50,6 +50,13 @@ def test_distillation_lowers_loss_keeps_target_and_exports_a_loadable_draft(tiny
     assert train_draft(target, cfg)["steps"] == 35
     assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 35
 
+    # Starting from the exported layers (e.g. to continue on new data) starts where they left off.
+    warm = DraftTrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "warm"), "steps": 1,
+                               "init_from": str(tmp_path / "artifact")})
+    train_draft(target, warm)
+    warm_first = json.loads((tmp_path / "warm" / "history.jsonl").read_text().splitlines()[0])
+    assert warm_first["loss"] < history[0]["loss"] - 0.1
+
     draft_dir = assemble_draft(tmp_path / "artifact", Path(target_dir), tmp_path / "assembled")
     plain = AutoModelForCausalLM.from_pretrained(draft_dir)  # an ordinary HF Llama directory
     assert plain.config.num_hidden_layers == 2

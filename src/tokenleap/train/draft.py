@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from ..models.loading import Model
@@ -48,6 +48,7 @@ class DraftTrainConfig:
     seed: int = 0
     eval_every: int = 100
     save_every: int = 25
+    init_from: str = ""  # a draft artifact directory to start the layers from (else target layers)
 
 
 # -- 1. data -----------------------------------------------------------------------------
@@ -155,6 +156,18 @@ def init_draft(target: Model, layers: list[int]) -> LlamaForCausalLM:
     return draft
 
 
+def load_layers(draft: LlamaForCausalLM, artifact_dir: Path) -> None:
+    """Start from an exported draft's layers and norm (e.g. to continue on new data: the layers
+    do not depend on the vocabulary subset, which is recomputed from the data)."""
+    path = artifact_dir / "draft_layers.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no draft_layers.safetensors in {artifact_dir}")
+    missing, unexpected = draft.load_state_dict(
+        {k: v.float() for k, v in load_file(str(path)).items()}, strict=False)
+    if unexpected or any(not k.startswith(("model.embed_tokens", "lm_head")) for k in missing):
+        raise ValueError(f"{path} does not fit a {draft.config.num_hidden_layers}-layer draft of this target")
+
+
 # -- 3. training --------------------------------------------------------------------------
 def batches(records: list[dict], tokens_per_step: int, rng: random.Random):
     """Endless shuffled batches of similar-length sequences, about tokens_per_step tokens each."""
@@ -227,6 +240,8 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
         sum(len(r["topk_ids"]) for r in records)
 
     draft = init_draft(target, [int(x) for x in cfg.layers.split(",")])
+    if cfg.init_from:
+        load_layers(draft, Path(cfg.init_from).expanduser())
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ckpt_path = out / "checkpoint.pt"
