@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -65,3 +66,15 @@ def test_distillation_lowers_loss_keeps_target_and_exports_a_loadable_draft(tiny
     greedy = tokenleap.generate("w2 w3", model=target, max_new_tokens=16)
     sps = tokenleap.generate("w2 w3", method="sps", model=target, draft=draft, max_new_tokens=16, gamma=3)
     assert sps.token_ids == greedy.token_ids
+
+
+def test_dataset_shards_reads_an_earlier_runs_data_or_says_none_is_there(tmp_path):
+    from tokenleap import TokenleapError
+    from tokenleap.train.draft import dataset_shards
+
+    (tmp_path / "task-shard-0001.pt").write_bytes(b"")
+    (tmp_path / "shard-0000.pt").write_bytes(b"")
+    paths = dataset_shards(None, str(tmp_path), DraftTrainConfig())
+    assert [p.name for p in paths] == ["shard-0000.pt", "task-shard-0001.pt"]
+    with pytest.raises(TokenleapError, match="no data shards"):
+        dataset_shards(None, str(tmp_path / "empty"), DraftTrainConfig())

@@ -41,24 +41,21 @@ class _Layer:
     down_w: torch.Tensor
 
 
-def _packs_weights(weight: torch.Tensor) -> bool:
-    """Whether this runner pre-packs weights for oneDNN.
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """The weight pre-packed for oneDNN where that is exact, else the weight itself.
 
     On CPU a bf16 F.linear re-lays-out its weight on every call; packing once up front
     makes the decode step ~1.3x faster with bit-identical results (checked in
-    tests/models/test_llama.py). fp32 and fp16 stay on F.linear: there oneDNN's packed
+    tests/models/test_runner.py). fp32 and fp16 stay on F.linear: there oneDNN's packed
     kernel rounds differently, and fp32 is where we test exactness against HF.
     """
-    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available())
-
-
-def _pack(weight: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight, 1) if _packs_weights(weight) else weight
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+    return weight
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear that also takes a oneDNN-packed weight (see `_packs_weights`)."""
+    """F.linear that also takes a oneDNN-packed weight (see `_pack`)."""
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
+from ..errors import TokenleapError
 from ..models.loading import Model
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
 from .prompts import document_prompts, training_prompts
@@ -68,6 +69,17 @@ def build_dataset(target: Model, cfg: DraftTrainConfig) -> list[Path]:
     # Similar lengths share a shard (less padding); training shuffles shards' sequences anyway.
     prompts.sort(key=len)
     return doc_paths + write_shards(target, prompts, data_dir / "task", cfg, cfg.max_new_tokens)
+
+
+def dataset_shards(target: Model, data: str, cfg: DraftTrainConfig) -> list[Path]:
+    """The data shards a trainer reads: those of an earlier run in `data` (read only), or,
+    when `data` is '', the ones `build_dataset` writes (or resumes) under cfg.out."""
+    if not data:
+        return build_dataset(target, cfg)
+    paths = sorted(Path(data).expanduser().glob("*shard-*.pt"))
+    if not paths:
+        raise TokenleapError(f"no data shards (*shard-*.pt) in {data}")
+    return paths
 
 
 def write_shards(target: Model, prompts: list[str], prefix: Path, cfg: DraftTrainConfig,
@@ -284,7 +296,7 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
                "last": history[-1] if history else None,
                "eval": next((h for h in reversed(history) if "eval_agree" in h), None)}
     if artifact_dir:
-        # Score exactly the weights that are exported, on the held-out shard.
+        # Score exactly the weights that are exported, on the held-out sequences.
         metrics["export_eval_loss"], metrics["export_eval_agree"] = evaluate(draft, eval_records, subset, remap)
         export_draft(draft, subset, cfg, metrics, Path(artifact_dir))
     return metrics

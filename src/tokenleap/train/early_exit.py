@@ -26,7 +26,7 @@ from ..methods.ppd import exit_states, layer_size, simulate_latency
 from ..models.early_exit import ExitHead, new_heads, save_heads
 from ..models.loading import Model
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
-from .draft import DraftTrainConfig, build_dataset, load_records, vocabulary_subset
+from .draft import DraftTrainConfig, dataset_shards, load_records, vocabulary_subset
 
 
 @dataclass
@@ -51,16 +51,6 @@ class EarlyExitTrainConfig:
 
 
 # -- 1./2. data and features ---------------------------------------------------------------
-def shard_paths(target: Model, cfg: EarlyExitTrainConfig) -> list[Path]:
-    if cfg.data:
-        paths = sorted(Path(cfg.data).expanduser().glob("*shard-*.pt"))
-        if not paths:
-            raise FileNotFoundError(f"no data shards (*shard-*.pt) in {cfg.data}")
-        return paths
-    return build_dataset(target, DraftTrainConfig(out=cfg.out, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens,
-                                                  top_k=cfg.top_k, seed=cfg.seed))
-
-
 def shard_features(target: Model, path: Path, layers: list[int], cache_dir: Path) -> dict:
     """Exit-layer features and targets of one data shard (computed once, then read back)."""
     cached = cache_dir / f"{path.stem}-L{'-'.join(map(str, layers))}.pt"
@@ -153,7 +143,9 @@ def train_early_exit(target: Model, cfg: EarlyExitTrainConfig, artifact_dir: str
     ckpt_path = out / "checkpoint.pt"
     state = load_checkpoint(ckpt_path)
     # The data are fixed at the first run, so a resume sees the same shards even if more appeared.
-    paths = [Path(p) for p in state["shards"]] if state else shard_paths(target, cfg)
+    paths = [Path(p) for p in state["shards"]] if state else dataset_shards(
+        target, cfg.data, DraftTrainConfig(out=cfg.out, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens,
+                                           top_k=cfg.top_k, seed=cfg.seed))
     train_paths = paths[:-1] or paths  # the last shard is held out
     with progress() as bar:
         task = bar.add_task("exit-layer features", total=len(paths), info="")

@@ -34,7 +34,7 @@ from ..errors import TokenleapError
 from ..methods.pass_ import TENSOR_KEY, initial_embeddings
 from ..models.loading import Model
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
-from .draft import DraftTrainConfig, build_dataset, load_records
+from .draft import DraftTrainConfig, dataset_shards, load_records
 
 
 @dataclass
@@ -68,16 +68,6 @@ class LookaheadTrainConfig:
 
 
 # -- data -------------------------------------------------------------------------------------
-def data_shards(target: Model, cfg: LookaheadTrainConfig) -> list[Path]:
-    if not cfg.data:
-        return build_dataset(target, DraftTrainConfig(out=cfg.out, prompts=cfg.prompts,
-                                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
-    paths = sorted(Path(cfg.data).expanduser().glob("*shard-*.pt"))
-    if not paths:
-        raise TokenleapError(f"no data shards (*shard-*.pt) in {cfg.data}")
-    return paths
-
-
 def usable(records: list[dict], lookahead: int) -> list[dict]:
     """Sequences with at least one cut point whose L targets all lie inside the sequence."""
     return [r for r in records if len(r["ids"]) - lookahead - 1 >= r["start"] + 1]
@@ -159,7 +149,9 @@ def train_lookahead(target: Model, cfg: LookaheadTrainConfig, artifact_dir: str 
     ckpt_path = out / "checkpoint.pt"
     state = load_checkpoint(ckpt_path)
     # A resumed run keeps its data split even if more shards have appeared since.
-    paths = [Path(p) for p in state["shards"]] if state else data_shards(target, cfg)
+    paths = [Path(p) for p in state["shards"]] if state else dataset_shards(
+        target, cfg.data, DraftTrainConfig(out=cfg.out, prompts=cfg.prompts, max_new_tokens=cfg.max_new_tokens,
+                                           seed=cfg.seed))
     held_out, train_paths = paths[-1:], paths[:-1] or paths
     records = usable(load_records(train_paths), cfg.lookahead)
     eval_records = usable(load_records(held_out), cfg.lookahead)[: cfg.eval_sequences]
