@@ -78,3 +78,21 @@ def test_dataset_shards_reads_an_earlier_runs_data_or_says_none_is_there(tmp_pat
     assert [p.name for p in paths] == ["shard-0000.pt", "task-shard-0001.pt"]
     with pytest.raises(TokenleapError, match="no data shards"):
         dataset_shards(None, str(tmp_path / "empty"), DraftTrainConfig())
+
+
+def test_bad_init_from_extra_data_or_prompt_set_are_one_line_errors(tiny_dir, tmp_path):
+    from tokenleap import TokenleapError
+    from tokenleap.train.draft import build_dataset, init_draft, load_layers, shards_in
+
+    target = tokenleap.load_model(tiny_dir(vocab_size=64, num_layers=4, seed=3), dtype="fp32")
+    with pytest.raises(TokenleapError, match="no draft_layers.safetensors"):
+        load_layers(init_draft(target, [0, 1]), tmp_path)
+    from safetensors.torch import save_file
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.zeros(3, 3)}, str(tmp_path / "draft_layers.safetensors"))
+    with pytest.raises(TokenleapError, match="does not fit"):
+        load_layers(init_draft(target, [0, 1]), tmp_path)
+    with pytest.raises(TokenleapError, match="no data shards"):
+        shards_in(f"{tmp_path},{tmp_path / 'nothing'}")
+    assert shards_in("") == []
+    with pytest.raises(TokenleapError, match="unknown prompt set"):
+        build_dataset(target, DraftTrainConfig(out=str(tmp_path / "run"), prompt_set="wiki"))

@@ -29,7 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsP
 from ..errors import TokenleapError
 from ..models.loading import Model
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
-from .prompts import document_prompts, training_prompts
+from .prompts import corpus_prompts, document_prompts, training_prompts
 
 SHARD_SIZE = 96
 
@@ -50,16 +50,24 @@ class DraftTrainConfig:
     eval_every: int = 100
     save_every: int = 25
     init_from: str = ""  # a draft artifact directory to start the layers from (else target layers)
+    prompt_set: str = "templates"  # "templates" (documents + templated tasks) or "corpora" (real text)
+    extra_data: str = ""  # comma-separated data directories of earlier runs, trained on as well
 
 
 # -- 1. data -----------------------------------------------------------------------------
 def build_dataset(target: Model, cfg: DraftTrainConfig) -> list[Path]:
     """Generate (or resume generating) shards of target-written sequences with top-k targets.
 
-    Two passes: the target first writes documents (articles, reports), then answers the
-    training prompts, a third of which summarise those documents or answer questions over
-    them, as Spec-Bench's long-input categories do."""
+    prompt_set "corpora": the target answers prompts over real text (`prompts.corpus_prompts`).
+    prompt_set "templates": two passes; the target first writes documents (articles, reports),
+    then answers templated prompts, a third of which summarise those documents or answer
+    questions over them, as Spec-Bench's long-input categories do."""
     data_dir = Path(cfg.out) / "data"
+    if cfg.prompt_set == "corpora":
+        prompts = sorted(corpus_prompts(cfg.prompts, cfg.seed), key=len)
+        return write_shards(target, prompts, data_dir / "corpus", cfg, cfg.max_new_tokens)
+    if cfg.prompt_set != "templates":
+        raise TokenleapError(f"unknown prompt set {cfg.prompt_set!r}; use templates or corpora")
     docs = document_prompts(max(1, cfg.prompts // 8), cfg.seed)
     # Documents get twice the answer length: long inputs are the point of them.
     doc_paths = write_shards(target, [p for _, p in docs], data_dir / "doc", cfg, 2 * cfg.max_new_tokens)
@@ -76,9 +84,17 @@ def dataset_shards(target: Model, data: str, cfg: DraftTrainConfig) -> list[Path
     when `data` is '', the ones `build_dataset` writes (or resumes) under cfg.out."""
     if not data:
         return build_dataset(target, cfg)
-    paths = sorted(Path(data).expanduser().glob("*shard-*.pt"))
-    if not paths:
-        raise TokenleapError(f"no data shards (*shard-*.pt) in {data}")
+    return shards_in(data)
+
+
+def shards_in(dirs: str) -> list[Path]:
+    """The data shards in comma-separated directories, each of which must hold some."""
+    paths = []
+    for d in filter(None, (x.strip() for x in dirs.split(","))):
+        found = sorted(Path(d).expanduser().glob("*shard-*.pt"))
+        if not found:
+            raise TokenleapError(f"no data shards (*shard-*.pt) in {d}")
+        paths += found
     return paths
 
 
@@ -173,11 +189,15 @@ def load_layers(draft: LlamaForCausalLM, artifact_dir: Path) -> None:
     do not depend on the vocabulary subset, which is recomputed from the data)."""
     path = artifact_dir / "draft_layers.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"no draft_layers.safetensors in {artifact_dir}")
-    missing, unexpected = draft.load_state_dict(
-        {k: v.float() for k, v in load_file(str(path)).items()}, strict=False)
+        raise TokenleapError(f"--init-from: no draft_layers.safetensors in {artifact_dir}")
+    try:
+        missing, unexpected = draft.load_state_dict(
+            {k: v.float() for k, v in load_file(str(path)).items()}, strict=False)
+    except RuntimeError:  # shapes differ: another width or head layout
+        missing, unexpected = [], ["(size mismatch)"]
     if unexpected or any(not k.startswith(("model.embed_tokens", "lm_head")) for k in missing):
-        raise ValueError(f"{path} does not fit a {draft.config.num_hidden_layers}-layer draft of this target")
+        raise TokenleapError(f"--init-from: {path} does not fit a {draft.config.num_hidden_layers}-layer "
+                             "draft of this target")
 
 
 # -- 3. training --------------------------------------------------------------------------
@@ -240,7 +260,7 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
     """Run (or resume) the whole pipeline; returns the final metrics."""
     seed_everything(cfg.seed)
     out = Path(cfg.out)
-    paths = build_dataset(target, cfg)
+    paths = build_dataset(target, cfg) + shards_in(cfg.extra_data)
     everything = load_records(paths)
     # Every 32nd sequence is held out: all kinds of prompt, never trained on.
     records = [r for i, r in enumerate(everything) if i % 32] or everything

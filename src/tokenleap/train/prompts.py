@@ -8,6 +8,7 @@ no prompt with a Spec-Bench file."""
 from __future__ import annotations
 
 import json
+import re
 import random
 from pathlib import Path
 
@@ -203,3 +204,132 @@ def is_disjoint(prompts: list[str], spec_bench_file: str | Path) -> bool:
         if line.strip():
             turns.update(t.strip() for t in json.loads(line)["turns"])
     return not any(p.strip() in turns for p in prompts)
+
+
+# -- prompt set "corpora": real prose in Spec-Bench's task shapes ------------------------------
+ENTITY_QUESTIONS = [
+    "Who is {e}?", "What is {e}?", "When was {e} founded?", "Where is {e}?", "What is {e} known for?",
+    "When did {e} begin?", "Who founded {e}?", "How many people live in {e}?", "What year was {e} created?",
+    "Who wrote {e}?", "Where did {e} take place?", "What language is spoken in {e}?", "What happened to {e}?",
+    "Why is {e} famous?", "When did {e} die?", "Who plays {e}?", "What does {e} mean?", "How big is {e}?",
+    "Where was {e} born?", "Which country is {e} in?", "What type of music is {e}?", "How did {e} end?",
+]
+ENTITY_TASKS = [
+    "Write a short blog post about {e}.", "Explain {e} to a ten-year-old.", "Give me five facts about {e}.",
+    "Write a poem about {e}.", "Write a short story that involves {e}.", "Describe the history of {e} briefly.",
+    "What are common misconceptions about {e}?", "Create a quiz with three questions about {e}, with answers.",
+    "Pretend you are a tour guide and talk about {e}.", "Write a persuasive paragraph about why {e} matters.",
+    "Imagine you are {e}. Introduce yourself in a few sentences.", "Write a dialogue between two students about {e}.",
+    "Compare {e} and {f}. Which one is more important, and why?", "Write a catchy headline and a short article "
+    "about {e}.", "Draft an email to a friend recommending that they read about {e}.",
+    "Act as a history teacher and give a short lesson on {e}.", "What would the world be like without {e}?",
+    "Outline a presentation about {e} with five slides.", "Explain how {e} is connected to {f}.",
+]
+EXTRACTION = [
+    "Extract all the names of people, places and organisations in the following text. Output them in JSON.\n{p}",
+    "List every year and date mentioned in the text below, with what happened then.\n{p}",
+    "Identify the main topic of the following paragraph and three keywords.\n{p}",
+    "Read the passage and answer in one sentence: what is it about?\n{p}",
+    "Turn the following text into a bulleted list of facts.\n{p}",
+    "Rate the tone of this text from 1 (negative) to 5 (positive) and explain.\n{p}",
+]
+MORE_WORD_PROBLEMS = [
+    "{n} bought {c} notebooks for ${b} each and a backpack for ${a}. How much did {n} spend in total?",
+    "A school has {a} students. {c} out of every 10 students walk to school. How many students walk to school?",
+    "{n} is {c} years old. Their mother is {b} years older than three times {n}'s age. How old is the mother?",
+    "A recipe needs {c} eggs for every {b} cookies. How many eggs are needed for {a} cookies?",
+    "A phone costs ${a}. It is on sale for {b}% off. What is the sale price?",
+    "{n} plants {c} rows of {b} tomato plants. Each plant gives {c} tomatoes. How many tomatoes are there?",
+    "A bus can carry {b} people. How many buses are needed for {a} people?",
+    "{n} swims {c} laps every day for {b} days, then twice as many laps for {c} days. How many laps in total?",
+    "The price of a ticket rose from ${b} to ${a}. By how much did the price increase, in percent?",
+    "{n} has {a} stickers and gives {c} stickers to each of {b} friends. How many stickers does {n} have left?",
+    "A car uses {c} liters of fuel per 100 km. How much fuel does it need for {a} km?",
+    "{n} sells lemonade for ${c} a cup. On Saturday {n} sells {b} cups and on Sunday {a} cups. "
+    "How much money does {n} make?",
+]
+
+
+def _sentence_case(text: str) -> str:
+    """NQ-style: first letter capitalised, the rest lower-case."""
+    return text[:1].upper() + text[1:].lower()
+
+
+def _wmt_spacing(text: str) -> str:
+    """Spaces before punctuation, as in tokenised news test sets."""
+    return re.sub(r"\s*([.,!?;:])(\s|$)", r" \1\2", text).strip()
+
+
+def _words(articles: list[dict], rng: random.Random, lo: int, hi: int) -> tuple[str, str]:
+    """(title, text): `lo`-`hi` words of consecutive paragraphs from a random article."""
+    art = rng.choice(articles)
+    start = rng.randrange(len(art["paragraphs"]))
+    words = []
+    for para in art["paragraphs"][start:]:
+        words += para.split()
+        if len(words) >= hi:
+            break
+    target = rng.randint(lo, hi)
+    return art["title"], " ".join(words[:target])
+
+
+def corpus_prompts(n: int, seed: int = 0, sources: dict | None = None) -> list[str]:
+    """n distinct prompts over real text (see `corpora`), in Spec-Bench's task shapes and
+    proportions: a sixth each of translation (German→English), summarisation (news and
+    Wikipedia), short questions about named entities, maths word problems, RAG (about 500 words
+    of Wikipedia, then a question), and MT-bench-like tasks (writing, roleplay, extraction,
+    coding, maths...) over those entities.
+
+    sources: {"articles": [{"title", "paragraphs"}], "entities", "news", "german"} (lists of
+    str); by default `corpora.load_all()`, which downloads them once."""
+    from . import corpora
+
+    rng = random.Random(seed)
+    sources = sources if sources is not None else corpora.load_all()
+    articles, entities, news, german = (sources[k] for k in ("articles", "entities", "news", "german"))
+    share = n * 11 // 60 + 1  # a tenth over a sixth: a few prompts come out twice
+    families: list[list[str]] = []
+    families.append([f"Translate German to English: {_wmt_spacing(g) if rng.random() < 0.5 else g}"
+                     for g in rng.sample(german, min(share, len(german)))])
+    summaries = [f"Summarize: {a}" for a in rng.sample(news, min(len(news), share // 3))]
+    while len(summaries) < share:
+        summaries.append(f"Summarize: {_words(articles, rng, 150, 900)[1]}")
+    families.append(summaries)
+    families.append([_sentence_case(rng.choice(ENTITY_QUESTIONS).format(e=e)) for e in rng.sample(entities, share)])
+    problems = []
+    for _ in range(share):
+        template = rng.choice(WORD_PROBLEMS + MORE_WORD_PROBLEMS)
+        problems.append(template.format(n=rng.choice(NAMES), a=rng.randint(12, 400), b=rng.randint(2, 30),
+                                        c=rng.randint(2, 11)))
+    families.append(problems)
+    rag = []
+    for _ in range(share):
+        title, text = _words(articles, rng, 480, 520)
+        question = rng.choice(ENTITY_QUESTIONS + QUESTIONS).format(e=title, t=title)
+        rag.append(f"{title} {text}\n{_sentence_case(question)}")
+    families.append(rag)
+    mixed = []
+    for i in range(share):
+        kind = i % 4
+        if kind < 2:
+            mixed.append(rng.choice(ENTITY_TASKS).format(e=rng.choice(entities), f=rng.choice(entities)))
+        elif kind == 2:
+            mixed.append(rng.choice(EXTRACTION).format(p=_words(articles, rng, 60, 250)[1]))
+        else:
+            a, b = rng.randint(2, 300), rng.randint(2, 60)
+            f, g = rng.choice(FUNCS)
+            mixed.append(rng.choice([t.format(a=a, b=b, c=a * rng.randint(2, 9) + b) for t in MATH]
+                                    + [t.format(f=f, g=g) for t in CODE]))
+    families.append(mixed)
+    # Round-robin over the families so any prefix of the list keeps the proportions.
+    picked, seen = [], set()
+    for group in zip(*families):
+        for p in group:
+            if p not in seen:
+                seen.add(p)
+                picked.append(p)
+    if len(picked) < n:
+        raise ValueError(f"only {len(picked)} distinct corpus prompts available, asked for {n}")
+    picked = picked[:n]
+    rng.shuffle(picked)
+    return picked

@@ -1,0 +1,97 @@
+"""How well a draft predicts the target's greedy text, per Spec-Bench category.
+
+The target answers the dev prompts greedily once (cached); the draft then reads each answer
+teacher-forced. Because greedy speculative decoding accepts exactly the draft tokens that equal
+the target's, the run lengths of top-1 agreement give the mean accepted length (MAL) `sps`
+would reach with γ drafts, without timing anything:
+
+    python scripts/draft_agreement.py --draft smollm2-135m-draft --gamma 4 --per-category 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import torch
+
+from tokenleap.models.loading import load_model
+from tokenleap.models.registry import SUBSET_FILE, cache_home
+from tokenleap.models.loading import locate
+from tokenleap.train.draft import generate_batch
+
+
+def dev_prompts(path: str, per_category: int) -> list[tuple[str, str]]:
+    seen: collections.Counter = collections.Counter()
+    out = []
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        if seen[row["category"]] < per_category:
+            seen[row["category"]] += 1
+            out.append((row["category"], row["turns"][0]))
+    return out
+
+
+def target_answers(prompts, max_new_tokens: int) -> list[dict]:
+    """Greedy target answers (fp32 HF generate, batched), cached by prompt set and length."""
+    key = abs(hash(tuple(p for _, p in prompts))) % 10**10
+    cache = cache_home() / f"dev-answers-{key}-{max_new_tokens}.pt"
+    if cache.is_file():
+        return torch.load(cache, weights_only=False)
+    target = load_model("smollm2-135m", dtype="fp32")
+    records = []
+    for i in range(0, len(prompts), 16):
+        records += generate_batch(target, [p for _, p in prompts[i:i + 16]], max_new_tokens, 1)
+    torch.save(records, cache)
+    return records
+
+
+def mal(agree: list[bool], gamma: int) -> float:
+    """Greedy sps mean accepted length: each target forward accepts the leading run of
+    agreements (at most γ) plus the target's own token."""
+    pos = steps = 0
+    while pos < len(agree):
+        run = 0
+        while run < gamma and pos + run < len(agree) and agree[pos + run]:
+            run += 1
+        pos += run + 1
+        steps += 1
+    return len(agree) / max(steps, 1)
+
+
+@torch.no_grad()
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--draft", default="smollm2-135m-draft")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/spec_bench_dev.jsonl"))
+    ap.add_argument("--per-category", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--gamma", type=int, default=4)
+    args = ap.parse_args()
+    prompts = dev_prompts(args.data, args.per_category)
+    records = target_answers(prompts, args.max_new_tokens)
+    draft = load_model(args.draft, dtype="fp32", runner="hf")
+    subset_file = Path(locate(args.draft)) / SUBSET_FILE
+    subset = torch.tensor(json.loads(subset_file.read_text())) if subset_file.is_file() else None
+    per_cat: dict[str, list] = collections.defaultdict(list)
+    for (cat, _), r in zip(prompts, records):
+        ids = r["ids"].long()
+        logits = draft.hf_model(ids[None]).logits[0, r["start"]:-1]
+        pred = subset[logits[:, subset].argmax(-1)] if subset is not None else logits.argmax(-1)
+        agree = (pred == ids[r["start"] + 1:]).tolist()
+        per_cat[cat].append(agree)
+    print(f"{'category':16} {'agree':>6} {'MAL':>5}")
+    rows = []
+    for cat, seqs in per_cat.items():
+        flat = [a for s in seqs for a in s]
+        m = sum(mal(s, args.gamma) * len(s) for s in seqs) / max(len(flat), 1)
+        rows.append((cat, sum(flat) / len(flat), m, len(flat)))
+        print(f"{cat:16} {rows[-1][1]:6.3f} {m:5.2f}")
+    n = sum(r[3] for r in rows)
+    print(f"{'all (tokens)':16} {sum(r[1] * r[3] for r in rows) / n:6.3f} {sum(r[2] * r[3] for r in rows) / n:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
