@@ -223,3 +223,14 @@ def test_ppd_runs_report_prediction_beside_measurement(bench, tmp_path):
     row = next(line for line in section.splitlines() if line.startswith("| ppd |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "1" and 0.0 <= float(cells[2]) <= 1.0 and float(cells[3]) >= 1.0
+
+
+def test_variant_values_take_the_type_of_the_option():
+    from tokenleap.bench.harness import parse_variant
+
+    assert parse_variant("pass@lookahead=2+merged=true+embeddings=zero") == \
+        ("pass", {"lookahead": 2, "merged": True, "embeddings": "zero"})
+    # A string option keeps numeric-looking text (a file name, say) as text.
+    assert parse_variant("pass@embeddings=2") == ("pass", {"embeddings": "2"})
+    assert parse_variant("mtad@tau=1+gamma=3") == ("mtad", {"tau": 1, "gamma": 3})
+    assert parse_variant("hf-assisted@num_assistant_tokens=5") == ("hf-assisted", {"num_assistant_tokens": 5})

@@ -187,11 +187,23 @@ def parse_variant(entry: str) -> tuple[str, dict[str, Any]]:
         if not eq or not key:
             raise TokenleapError(f"bad method variant {entry!r}: options are key=value joined by '+' "
                                  "(e.g. pass@lookahead=2+embeddings=zero)")
-        options[key.replace("-", "_")] = _option_value(text)
+        key = key.replace("-", "_")
+        options[key] = _option_value(text, _option_type(name, key))
     return name, options
 
 
-def _option_value(text: str) -> Any:
+def _option_type(method: str, key: str) -> type | None:
+    """The type of a method option's default (None when unknown: HF methods, typos)."""
+    if method not in METHODS:
+        return None
+    return next((type(f.default) for f in dataclasses.fields(METHODS[method].options) if f.name == key), None)
+
+
+def _option_value(text: str, kind: type | None = None) -> Any:
+    """The value of `key=text`: a string option keeps the text as is (a path may look like a
+    number); otherwise true/false, an int or a float when the text is one."""
+    if kind is str:
+        return text
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for kind in (int, float):
