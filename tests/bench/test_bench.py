@@ -50,6 +50,10 @@ def test_greedy_run_schema_counting_and_exact_match(bench, tmp_path, prompt_rows
     assert {"results.json", "report.md", "speedup_by_category.png", "acceptance_by_position.png"} <= files
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Per category" in report and "| alpha | sps |" in report
+    # The draft's forward cost relative to the target's (the draft here has fewer layers).
+    cost = results["config"]["forward_cost"]
+    assert cost["target_ms"] > 0 and cost["draft_ratio"] == pytest.approx(cost["draft_ms"] / cost["target_ms"])
+    assert f"({100 * cost['draft_ratio']:.0f}% of the target)" in report
 
 
 def test_sampling_run_reports_perplexity(bench):

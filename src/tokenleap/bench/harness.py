@@ -417,6 +417,30 @@ def run_config(config: BenchConfig, target: Model, draft: Model | None, energy_s
             "machine": machine_info()}
 
 
+@torch.no_grad()
+def forward_ms(model: Model, context: int = 256, rounds: int = 30) -> float:
+    """Median milliseconds of one decoding forward (one new token after `context` cached ones),
+    the unit every method's cost is made of."""
+    cache = model.runner.new_cache(1, context + rounds + 8)
+    model.runner.forward(cache, torch.randint(0, model.runner.vocab_size, (1, context)))
+    token, times = torch.tensor([[1]]), []
+    for i in range(rounds + 5):
+        start = time.perf_counter()
+        model.runner.forward(cache, token, last_only=True)
+        if i >= 5:  # the first few are warm-up
+            times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def forward_costs(target: Model, draft: Model | None) -> dict[str, float]:
+    """Target (and draft) decoding-forward times and the draft's cost relative to the target."""
+    costs = {"target_ms": forward_ms(target)}
+    if draft is not None and draft is not target:
+        costs["draft_ms"] = forward_ms(draft)
+        costs["draft_ratio"] = costs["draft_ms"] / costs["target_ms"]
+    return costs
+
+
 class Recorder:
     """Holds the results and writes results.json atomically, so an interrupted or crashed run
     still leaves every finished record on disk."""
@@ -533,6 +557,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     prompt_ids = encode_prompts(target, prompts)
     first = next((ids for ids in prompt_ids.values() if isinstance(ids, list)), None)
     recorder.results["config"]["warmup_errors"] = warm_up(methods, run_method, first, config.warmup) if first else []
+    recorder.results["config"]["forward_cost"] = forward_costs(target, draft)
     status = "interrupted"
     try:
         with progress_bar(config.progress) as bar:

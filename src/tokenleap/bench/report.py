@@ -127,7 +127,7 @@ def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) ->
              f"sampling {cfg['sampling']}, repeats {cfg['repeats']}, seed {cfg['seed']}",
              f"- torch {cfg['torch']}, transformers {cfg['transformers']}, {cfg['date']}, "
              f"{cfg['machine']['cpu']} ({cfg['machine']['cpu_count']} CPUs)",
-             f"- energy: {cfg['energy_source']}", "", "## Overall", ""]
+             f"- energy: {cfg['energy_source']}", *_forward_cost_line(cfg), "", "## Overall", ""]
     lines += _table(["method"] + METRIC_HEADER, [[n] + _metric_cells(m) for n, m in summary.items()])
     lines += ["", "## Per category", ""]
     rows = [[c, n] + _metric_cells(m["per_category"][c])
@@ -194,6 +194,16 @@ def _categories(summary: dict[str, Any]) -> list[str]:
 # The figure ../shared/specs/benchmark.md records for llama.cpp on this kind of machine.
 LLAMA_CPP_TOK_S = 160.0
 LLAMA_CPP_SOURCE = "SmolLM2-135M Q4_1 GGUF, 2 threads, greedy; benchmark spec, 2026-11"
+
+
+def _forward_cost_line(cfg: dict[str, Any]) -> list[str]:
+    cost = cfg.get("forward_cost")  # absent in results written before it was measured
+    if not cost:
+        return []
+    line = f"- one decoding forward (256 cached tokens, median): target {cost['target_ms']:.2f} ms"
+    if "draft_ms" in cost:
+        line += f", draft {cost['draft_ms']:.2f} ms ({100 * cost['draft_ratio']:.0f}% of the target)"
+    return [line]
 
 
 def _notes(results: dict[str, Any]) -> list[str]:
