@@ -15,7 +15,7 @@ from tokenleap.models.llama import LlamaRunner
 
 OPTION_SETS = {
     "ar": [{}],
-    "sps": [{"gamma": 1}, {"gamma": 3}, {"gamma": 6}],
+    "sps": [{"gamma": 1}, {"gamma": 3}, {"gamma": 6}, {"gamma": 5, "stop_below": 0.2}],
     # MTAD is not lossless, but at T=0 with tau < 1 it must equal greedy decoding (P7).
     "mtad": [{"gamma": 2, "beam_width": 1}, {"gamma": 4, "beam_width": 4, "tau": 0.5},
              {"gamma": 3, "beam_width": 3, "tau": 0.9, "without_replacement": True}],

@@ -25,6 +25,22 @@ def test_sps_first_two_tokens_follow_the_target_law(tiny, sampling, gamma):
     assert chi_square_pvalue(draft_samples, law) < 1e-6
 
 
+def test_early_stopped_drafting_keeps_the_target_law(tiny):
+    # Three tokens, so a round drafts two and stop_below can cut it after the first.
+    sampling = Sampling(1.0, top_k=3)
+    target = tiny(vocab_size=V, seed=11, init_std=0.1)
+    draft = tiny(vocab_size=V, seed=12, init_std=0.1, num_layers=1)
+    law = exact_law(target, target.encode("w2 w3"), 3, sampling)
+    samples = draws("sps", target, draft, sampling, 3000, max_new_tokens=3, gamma=3, stop_below=0.4)
+    assert chi_square_pvalue(samples, law) > 1e-3
+
+    def proposed(stop_below):
+        return sum(tokenleap.generate("w2 w3", method="sps", model=target, draft=draft, max_new_tokens=3, gamma=3,
+                                      stop_below=stop_below, temperature=1.0, top_k=3, seed=s).stats.proposed
+                   for s in range(30))
+    assert proposed(0.4) < proposed(0.0)  # some rounds were cut short
+
+
 def test_same_seed_same_output(tiny):
     target = tiny(vocab_size=32, seed=0, init_std=0.05)
     draft = tiny(vocab_size=32, seed=5, num_layers=1, init_std=0.05)
@@ -44,3 +60,15 @@ def test_stats_are_consistent(tiny):
     assert s.accepted == sum(s.accepted_at) and s.proposed == sum(s.proposed_at)
     assert s.accepted == sum(k * v for k, v in s.accepted_hist.items())
     assert 1.0 <= s.mean_accepted_length <= 5.0
+
+
+def test_stop_below_ends_drafting_at_an_unsure_draft(tiny):
+    target = tiny(vocab_size=32, seed=0)
+    draft = tiny(vocab_size=32, seed=9, num_layers=1)
+    full = tokenleap.generate("w2 w3", method="sps", model=target, draft=draft, max_new_tokens=40, gamma=4)
+    early = tokenleap.generate("w2 w3", method="sps", model=target, draft=draft, max_new_tokens=40, gamma=4,
+                               stop_below=0.5)
+    assert early.token_ids == full.token_ids  # greedy either way
+    assert early.stats.proposed < full.stats.proposed and early.stats.iterations >= full.stats.iterations
+    with pytest.raises(tokenleap.TokenleapError, match="stop_below must be in"):
+        tokenleap.generate("w2", method="sps", model=target, draft=draft, stop_below=1.0)

@@ -23,15 +23,23 @@ from ..errors import TokenleapError
 
 @dataclass
 class SPSOptions:
-    gamma: int = 4  # draft tokens per round
+    gamma: int = 4  # draft tokens per round (at most)
+    # Stop a round's drafting early once the draft gives its own proposal less than this
+    # probability (0: always draft gamma). Still lossless: when to stop depends on the draft alone.
+    # (HF's assisted generation calls it assistant_confidence_threshold.)
+    stop_below: float = 0.0
 
     def validate(self) -> None:
         if not isinstance(self.gamma, int) or self.gamma < 1:
             raise TokenleapError(f"gamma must be an integer >= 1, got {self.gamma}")
+        if not 0.0 <= self.stop_below < 1.0:
+            raise TokenleapError(f"stop_below must be in [0, 1), got {self.stop_below}")
 
 
-def draft_tokens(ctx: DecodeContext, seq: list[int], cache: KVCache, n: int) -> tuple[list[int], torch.Tensor]:
-    """n tokens from the draft, one forward each, and the warped draft distributions [n, V]."""
+def draft_tokens(ctx: DecodeContext, seq: list[int], cache: KVCache, n: int,
+                 stop_below: float = 0.0) -> tuple[list[int], torch.Tensor]:
+    """Up to n tokens from the draft, one forward each, and the warped draft distributions
+    [len, V]; fewer when the draft's probability of a proposal falls below `stop_below`."""
     runner = ctx.draft.runner
     tokens, dists = [], []
     for _ in range(n):
@@ -40,6 +48,10 @@ def draft_tokens(ctx: DecodeContext, seq: list[int], cache: KVCache, n: int) -> 
         q = warp(logits[0, -1], ctx.sampling)
         tokens.append(int(pick(q, ctx.sampling, ctx.generator)))
         dists.append(q)
+        # An unsure draft is likely rejected: verify now. Confidence is the draft's raw
+        # probability (unwarped, so it means the same at T=0, where q is one-hot).
+        if stop_below and logits[0, -1].float().softmax(-1)[tokens[-1]] < stop_below:
+            break
     return tokens, torch.stack(dists)
 
 
@@ -62,7 +74,7 @@ def accept_drafts(drafts: list[int], q: torch.Tensor, p: torch.Tensor,
 def speculative_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache,
                      draft_cache: KVCache, gamma: int) -> list[int]:
     """One round: draft gamma tokens, verify them in one target forward; returns new tokens."""
-    drafts, q = draft_tokens(ctx, seq, draft_cache, gamma)
+    drafts, q = draft_tokens(ctx, seq, draft_cache, gamma, ctx.options.stop_below)
     # The target sees its uncached tail plus every draft; the rows from the last real token on
     # give p for each draft position and one position beyond.
     n_tail = len(seq) - target_cache.length
@@ -71,7 +83,7 @@ def speculative_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache,
     ctx.stats.target_forwards += 1
     p = warp(logits, ctx.sampling)
     n_accepted, extra = accept_drafts(drafts, q, p, ctx.generator)
-    ctx.stats.record_round(gamma, n_accepted)
+    ctx.stats.record_round(len(drafts), n_accepted)
     # Both caches keep only what the committed sequence validates; the extra token is pending.
     valid = len(seq) + n_accepted
     target_cache.rollback(valid)
