@@ -11,15 +11,15 @@ would reach with γ drafts, without timing anything:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import collections
 import json
 from pathlib import Path
 
 import torch
 
-from tokenleap.models.loading import load_model
+from tokenleap.models.loading import load_model, locate
 from tokenleap.models.registry import SUBSET_FILE, cache_home
-from tokenleap.models.loading import locate
 from tokenleap.train.draft import generate_batch
 
 
@@ -36,7 +36,7 @@ def dev_prompts(path: str, per_category: int) -> list[tuple[str, str]]:
 
 def target_answers(prompts, max_new_tokens: int) -> list[dict]:
     """Greedy target answers (fp32 HF generate, batched), cached by prompt set and length."""
-    key = abs(hash(tuple(p for _, p in prompts))) % 10**10
+    key = hashlib.sha256("\n".join(p for _, p in prompts).encode()).hexdigest()[:12]
     cache = cache_home() / f"dev-answers-{key}-{max_new_tokens}.pt"
     if cache.is_file():
         return torch.load(cache, weights_only=False)
