@@ -76,11 +76,15 @@ def test_dataset_shards_reads_an_earlier_runs_data_or_says_none_is_there(tmp_pat
     (tmp_path / "shard-0000.pt").write_bytes(b"")
     paths = dataset_shards(None, str(tmp_path), DraftTrainConfig())
     assert [p.name for p in paths] == ["shard-0000.pt", "task-shard-0001.pt"]
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "corpus-shard-0000.pt").write_bytes(b"")
+    paths = dataset_shards(None, f"{tmp_path}, {tmp_path / 'more'}", DraftTrainConfig())  # several runs' data
+    assert [p.name for p in paths] == ["shard-0000.pt", "task-shard-0001.pt", "corpus-shard-0000.pt"]
     with pytest.raises(TokenleapError, match="no data shards"):
         dataset_shards(None, str(tmp_path / "empty"), DraftTrainConfig())
 
 
-def test_bad_init_from_extra_data_or_prompt_set_are_one_line_errors(tiny_dir, tmp_path):
+def test_bad_init_from_data_dirs_or_prompt_set_are_one_line_errors(tiny_dir, tmp_path):
     from tokenleap import TokenleapError
     from tokenleap.train.draft import build_dataset, init_draft, load_layers, shards_in
 

@@ -51,7 +51,7 @@ class DraftTrainConfig:
     save_every: int = 25
     init_from: str = ""  # a draft artifact directory to start the layers from (else target layers)
     prompt_set: str = "templates"  # "templates" (documents + templated tasks) or "corpora" (real text)
-    extra_data: str = ""  # comma-separated data directories of earlier runs, trained on as well
+    data: str = ""  # comma-separated data directories of earlier runs to train on (else write new data)
 
 
 # -- 1. data -----------------------------------------------------------------------------
@@ -80,8 +80,9 @@ def build_dataset(target: Model, cfg: DraftTrainConfig) -> list[Path]:
 
 
 def dataset_shards(target: Model, data: str, cfg: DraftTrainConfig) -> list[Path]:
-    """The data shards a trainer reads: those of an earlier run in `data` (read only), or,
-    when `data` is '', the ones `build_dataset` writes (or resumes) under cfg.out."""
+    """The data shards a trainer reads: those of earlier runs in `data` (comma-separated
+    directories, read only), or, when `data` is '', the ones `build_dataset` writes (or
+    resumes) under cfg.out."""
     if not data:
         return build_dataset(target, cfg)
     return shards_in(data)
@@ -260,7 +261,7 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
     """Run (or resume) the whole pipeline; returns the final metrics."""
     seed_everything(cfg.seed)
     out = Path(cfg.out)
-    paths = build_dataset(target, cfg) + shards_in(cfg.extra_data)
+    paths = dataset_shards(target, cfg.data, cfg)
     everything = load_records(paths)
     # Every 32nd sequence is held out: all kinds of prompt, never trained on.
     records = [r for i, r in enumerate(everything) if i % 32] or everything
