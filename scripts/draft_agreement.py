@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tokenleap.models.loading import load_model, locate
-from tokenleap.models.registry import SUBSET_FILE, cache_home
+from tokenleap.models.loading import load_model
+from tokenleap.models.registry import cache_home
 from tokenleap.train.draft import generate_batch
 
 
@@ -72,15 +72,13 @@ def main() -> None:
     args = ap.parse_args()
     prompts = dev_prompts(args.data, args.per_category)
     records = target_answers(prompts, args.max_new_tokens)
-    draft = load_model(args.draft, dtype="fp32", runner="hf")
-    subset_file = Path(locate(args.draft)) / SUBSET_FILE
-    subset = torch.tensor(json.loads(subset_file.read_text())) if subset_file.is_file() else None
+    # The draft's own runner, as `sps` runs it: its reduced head never predicts other tokens.
+    draft = load_model(args.draft, dtype="fp32")
     per_cat: dict[str, list] = collections.defaultdict(list)
     for (cat, _), r in zip(prompts, records):
         ids = r["ids"].long()
-        logits = draft.hf_model(ids[None]).logits[0, r["start"]:-1]
-        pred = subset[logits[:, subset].argmax(-1)] if subset is not None else logits.argmax(-1)
-        agree = (pred == ids[r["start"] + 1:]).tolist()
+        logits = draft.runner.forward(draft.runner.new_cache(1, len(ids)), ids[None])[0, r["start"]:-1]
+        agree = (logits.argmax(-1) == ids[r["start"] + 1:]).tolist()
         per_cat[cat].append(agree)
     print(f"{'category':16} {'agree':>6} {'MAL':>5}")
     rows = []

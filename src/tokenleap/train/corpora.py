@@ -15,6 +15,7 @@ under the tokenleap cache."""
 from __future__ import annotations
 
 import bz2
+import functools
 import io
 import json
 import re
@@ -49,6 +50,7 @@ def _run(cmd: list[str], cwd: str) -> None:
                              f"{detail.strip().splitlines()[-1] if detail.strip() else exc}") from None
 
 
+@functools.lru_cache(maxsize=1)  # Wikipedia and news both come from it: one download
 def _gensim_members() -> dict[str, bytes]:
     """The two test-data files of the gensim wheel (downloaded once, without installing it)."""
     with tempfile.TemporaryDirectory() as tmp:
