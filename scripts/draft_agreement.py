@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--gamma", type=int, default=4)
+    ap.add_argument("--early-exit", action="store_true",
+                    help="also score the target's own first d layers + its trained PPD exit head, "
+                         "for every committed d: a yardstick for what a draft of that cost could reach")
     args = ap.parse_args()
     prompts = dev_prompts(args.data, args.per_category)
     records = target_answers(prompts, args.max_new_tokens)
@@ -80,15 +83,42 @@ def main() -> None:
         logits = draft.runner.forward(draft.runner.new_cache(1, len(ids)), ids[None])[0, r["start"]:-1]
         agree = (logits.argmax(-1) == ids[r["start"] + 1:]).tolist()
         per_cat[cat].append(agree)
+    report(per_cat, args.gamma)
+    if args.early_exit:
+        early_exit_yardstick(prompts, records, args.gamma)
+
+
+def report(per_cat: dict[str, list], gamma: int) -> None:
     print(f"{'category':16} {'agree':>6} {'MAL':>5}")
     rows = []
     for cat, seqs in per_cat.items():
         flat = [a for s in seqs for a in s]
-        m = sum(mal(s, args.gamma) * len(s) for s in seqs) / max(len(flat), 1)
+        m = sum(mal(s, gamma) * len(s) for s in seqs) / max(len(flat), 1)
         rows.append((cat, sum(flat) / len(flat), m, len(flat)))
         print(f"{cat:16} {rows[-1][1]:6.3f} {m:5.2f}")
     n = sum(r[3] for r in rows)
     print(f"{'all (tokens)':16} {sum(r[1] * r[3] for r in rows) / n:6.3f} {sum(r[2] * r[3] for r in rows) / n:5.2f}")
+
+
+
+@torch.no_grad()
+def early_exit_yardstick(prompts, records, gamma: int) -> None:
+    """The same figures for 'draft = the target's first d layers + the committed trained exit
+    head' (the PPD heads): costlier than any useful draft, so an upper reference for one."""
+    from tokenleap.models.early_exit import artifact_for, load_heads
+
+    target = load_model("smollm2-135m", dtype="fp32")
+    heads, _ = load_heads(artifact_for("smollm2-135m"), target)
+    runner = target.runner
+    for d, head in sorted(heads.items()):
+        per_cat: dict[str, list] = collections.defaultdict(list)
+        for (cat, _), r in zip(prompts, records):
+            ids = r["ids"].long()
+            h = runner.hidden_states(runner.new_cache(1, len(ids)), runner.embed(ids[None]), layers=range(d))
+            pred = head.topk(h[0, r["start"]:-1], 1)[:, 0]
+            per_cat[cat].append((pred == ids[r["start"] + 1:]).tolist())
+        print(f"\n-- target layers 1..{d} of {runner.num_layers} + trained exit head")
+        report(per_cat, gamma)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     if sampling.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     logits = logits / sampling.temperature
+    if sampling.top_k or sampling.top_p < 1.0:
+        probs = _warp_few(logits, sampling)
+        if probs is not None:
+            return probs
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
@@ -55,6 +59,40 @@ def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         drop_sorted[..., 0] = False
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
     return logits.softmax(-1)
+
+
+NUCLEUS_CANDIDATES = 1024  # top-p alone: look for the nucleus among this many best tokens first
+TIE_ROOM = 32  # top-k: extra candidates, so ties at the k-th logit (common in bf16) stay exact
+
+
+def _warp_few(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor | None:
+    """warp() for temperature-scaled logits when the cuts leave only a few tokens: the same
+    distribution from a partial top-k (sorted) instead of sorting the whole vocabulary, which
+    cost more than a draft forward at 49k tokens. None when that shortcut cannot be exact:
+    more ties at the k-th logit than TIE_ROOM (the full path keeps them all) or a nucleus
+    wider than the candidates."""
+    vocab = logits.shape[-1]
+    k = sampling.top_k + TIE_ROOM if sampling.top_k else NUCLEUS_CANDIDATES
+    if k >= vocab:
+        return None
+    vals, ids = torch.topk(logits, k, dim=-1)
+    if sampling.top_k:
+        kept = vals >= vals[..., sampling.top_k - 1: sampling.top_k]  # the k best and their ties
+        if bool(kept[..., -1].any()):
+            return None
+        vals = vals.masked_fill(~kept, -math.inf)
+        log_norm = vals.logsumexp(-1, keepdim=True)  # top-p then works on the top-k distribution
+    else:
+        log_norm = logits.logsumexp(-1, keepdim=True)
+    if sampling.top_p < 1.0:
+        p = (vals - log_norm).exp()
+        # Any token outside the candidates is dropped only if the candidates hold top_p.
+        if not sampling.top_k and bool((p.sum(-1) < sampling.top_p).any()):
+            return None
+        drop = (p.cumsum(-1) - p) >= sampling.top_p  # the same rule as the full path
+        drop[..., 0] = False
+        vals = vals.masked_fill(drop, -math.inf)
+    return torch.zeros_like(logits).scatter_(-1, ids, vals.softmax(-1))
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
