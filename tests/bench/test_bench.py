@@ -67,6 +67,9 @@ def test_sampling_run_reports_perplexity(bench):
         assert m["ppl"] == pytest.approx(sum(ppls) / len(ppls))
     # The twin draft equals the target, so p/q = 1 up to round-off: (nearly) every draft is accepted.
     assert results["summary"]["sps"]["acceptance_rate"] > 0.9
+    versus = results["summary"]["sps"]["versus"]
+    assert [v["reference"] for v in versus] == ["ar"] and versus[0]["prompts"] == len(ppls)
+    assert versus[0]["ppl_ratio"] == pytest.approx(results["summary"]["sps"]["ppl"] / results["summary"]["ar"]["ppl"])
     assert results["summary"]["sps"]["mean_accepted_length"] > 2
 
 
@@ -238,3 +241,29 @@ def test_variant_values_take_the_type_of_the_option():
     assert parse_variant("pass@embeddings=2") == ("pass", {"embeddings": "2"})
     assert parse_variant("mtad@tau=1+gamma=3") == ("mtad", {"tau": 1, "gamma": 3})
     assert parse_variant("hf-assisted@num_assistant_tokens=5") == ("hf-assisted", {"num_assistant_tokens": 5})
+
+
+def _record(method, i, tokens, wall, ppl=None, error=None):
+    return {"method": method, "prompt_index": i, "repeat": 0, "tokens": tokens, "wall_s": wall,
+            "ppl": ppl, "error": error}
+
+
+def test_paired_ratios_point_estimate_and_bootstrap_interval():
+    from tokenleap.bench.report import paired_ratios
+
+    # Every prompt exactly twice as fast and 10% lower ppl: the interval collapses on the value.
+    exact = [_record("ar", i, 10 + i, 1.0 + i, ppl=3.0 + i) for i in range(8)]
+    exact += [_record("mtad", i, 10 + i, (1.0 + i) / 2, ppl=0.9 * (3.0 + i)) for i in range(8)]
+    v = paired_ratios(exact, "mtad", "ar")
+    assert v["speed_ratio"] == pytest.approx(2.0) and v["speed_ci95"] == pytest.approx([2.0, 2.0])
+    assert v["ppl_ratio"] == pytest.approx(0.9) and v["ppl_ci95"] == pytest.approx([0.9, 0.9])
+    # Prompts that disagree widen it around the ratio of totals; a failed prompt is left out.
+    noisy = [_record("ar", i, 10, 1.0, ppl=3.0) for i in range(20)]
+    noisy += [_record("sps", i, 10, 0.5 if i % 2 else 2.0, ppl=2.0 if i % 2 else 4.0) for i in range(19)]
+    noisy.append(_record("sps", 19, 10, 1.0, error="boom"))
+    v = paired_ratios(noisy, "sps", "ar")
+    assert v["prompts"] == 19
+    assert v["speed_ratio"] == pytest.approx((190 / (9 * 0.5 + 10 * 2.0)) / 10)
+    lo, hi = v["speed_ci95"]
+    assert lo < v["speed_ratio"] < hi and hi - lo > 0.1
+    assert paired_ratios(noisy, "sps", "hf") is None  # nothing in common

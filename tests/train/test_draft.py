@@ -8,7 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tokenleap
-from tokenleap.models.registry import SUBSET_FILE, assemble_draft
+import shutil
+
+from tokenleap.models.registry import ARTIFACTS, SUBSET_FILE, assemble_draft, draft_digest
 from tokenleap.train.draft import DraftTrainConfig, train_draft
 from tokenleap.train.prompts import document_prompts, is_disjoint, training_prompts
 
@@ -100,3 +102,12 @@ def test_bad_init_from_data_dirs_or_prompt_set_are_one_line_errors(tiny_dir, tmp
     assert shards_in("") == []
     with pytest.raises(TokenleapError, match="unknown prompt set"):
         build_dataset(target, DraftTrainConfig(out=str(tmp_path / "run"), prompt_set="wiki"))
+
+
+def test_assembled_draft_is_named_by_every_committed_file(tmp_path):
+    art = tmp_path / "draft"
+    shutil.copytree(ARTIFACTS / "smollm2-135m-draft", art)
+    before = draft_digest(art)
+    subset = json.loads((art / "vocab_subset.json").read_text())
+    (art / "vocab_subset.json").write_text(json.dumps(subset[:-1]))  # same layers, another head
+    assert draft_digest(art) != before

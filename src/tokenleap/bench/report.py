@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import TokenleapError
 
 BASELINE = "ar"
@@ -73,6 +75,48 @@ def _method_metrics(records: list[dict[str, Any]], baseline: list[dict[str, Any]
     return metrics
 
 
+def paired_ratios(records: list[dict[str, Any]], method: str, reference: str, draws: int = 2000,
+                  seed: int = 0) -> dict[str, Any] | None:
+    """tok/s and ppl of `method` over `reference` on the prompts both ran, each with a 95%
+    bootstrap interval that resamples prompts (a prompt's two records move together, so the
+    spread is the prompts' and the sampling's, not the gap between prompt sets)."""
+    def by_key(name: str) -> dict:
+        return {(r["prompt_index"], r["repeat"]): r for r in records if r["method"] == name and r["error"] is None}
+
+    mine, ref = by_key(method), by_key(reference)
+    keys = sorted(mine.keys() & ref.keys())
+    if len(keys) < 2:
+        return None
+    cols = {f"{side}_{field}": np.array([float(d[k][field] or 0.0) for k in keys])
+            for side, d in (("a", mine), ("b", ref)) for field in ("tokens", "wall_s")}
+    has_ppl = all(mine[k].get("ppl") is not None and ref[k].get("ppl") is not None for k in keys)
+    if has_ppl:
+        cols["a_ppl"] = np.array([mine[k]["ppl"] for k in keys])
+        cols["b_ppl"] = np.array([ref[k]["ppl"] for k in keys])
+
+    def ratios(idx: np.ndarray) -> tuple[float, float]:
+        c = {name: v[idx] for name, v in cols.items()}
+        speed = (c["a_tokens"].sum(-1) / c["a_wall_s"].sum(-1)) / (c["b_tokens"].sum(-1) / c["b_wall_s"].sum(-1))
+        ppl = c["a_ppl"].mean(-1) / c["b_ppl"].mean(-1) if has_ppl else np.full_like(speed, np.nan)
+        return speed, ppl
+
+    speed, ppl = ratios(np.arange(len(keys)))
+    boot = np.random.default_rng(seed).integers(0, len(keys), size=(draws, len(keys)))
+    speed_b, ppl_b = ratios(boot)
+    out = {"reference": reference, "prompts": len(keys), "speed_ratio": float(speed),
+           "speed_ci95": [float(x) for x in np.percentile(speed_b, [2.5, 97.5])]}
+    if has_ppl:
+        out.update(ppl_ratio=float(ppl), ppl_ci95=[float(x) for x in np.percentile(ppl_b, [2.5, 97.5])])
+    return out
+
+
+def _references(names: list[str], name: str) -> list[str]:
+    """What each method is judged against: `ar`, and `sps` (the draft-model baseline) too."""
+    if name == BASELINE:
+        return []
+    return [ref for ref in (BASELINE, "sps") if ref in names and ref != name]
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """The `summary` object: per method, overall and per category."""
     records = results["per_prompt"]
@@ -90,6 +134,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             c: _method_metrics([r for r in mine if r["category"] == c],
                                [r for r in baseline if r["category"] == c] if baseline else None, greedy)
             for c in categories}
+        entry["versus"] = [v for ref in _references(names, name)
+                           if (v := paired_ratios(records, name, ref)) is not None]
         summary[name] = entry
     return summary
 
@@ -129,6 +175,7 @@ def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) ->
              f"{cfg['machine']['cpu']} ({cfg['machine']['cpu_count']} CPUs)",
              f"- energy: {cfg['energy_source']}", *_forward_cost_line(cfg), "", "## Overall", ""]
     lines += _table(["method"] + METRIC_HEADER, [[n] + _metric_cells(m) for n, m in summary.items()])
+    lines += _versus_section(summary)
     lines += ["", "## Per category", ""]
     rows = [[c, n] + _metric_cells(m["per_category"][c])
             for c in _categories(summary) for n, m in summary.items()]
@@ -146,6 +193,21 @@ def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) ->
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _versus_section(summary: dict[str, Any]) -> list[str]:
+    rows = [[n, f"`{v['reference']}`", str(v["prompts"]), _interval(v["speed_ratio"], v["speed_ci95"]),
+             _interval(v.get("ppl_ratio"), v.get("ppl_ci95"))]
+            for n, m in summary.items() for v in m.get("versus", [])]
+    if not rows:
+        return []
+    return ["", "## Paired against the baselines", "",
+            "Ratios on the same prompts; [95% interval] from 2,000 bootstrap resamples of the prompts.", "",
+            *_table(["method", "against", "prompts", "tok/s ratio", "ppl ratio"], rows)]
+
+
+def _interval(value: float | None, ci: list[float] | None) -> str:
+    return "–" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _ppd_section(results: dict[str, Any]) -> list[str]:

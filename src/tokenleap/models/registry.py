@@ -78,15 +78,22 @@ def assemble_draft(artifact: Path, target_dir: Path, out: Path) -> Path:
 
 def smollm2_draft() -> Path:
     """The committed draft of smollm2-135m (`tokenleap train draft`), assembled once."""
-    import hashlib
-
     from .loading import locate
 
     art = ARTIFACTS / "smollm2-135m-draft"
     if not (art / "draft_layers.safetensors").is_file():
         raise TokenleapError("the smollm2-135m-draft artifact is missing; make it with `tokenleap train draft`")
-    digest = hashlib.sha256((art / "draft_layers.safetensors").read_bytes()).hexdigest()[:12]
-    return assemble_draft(art, Path(locate("smollm2-135m")), cache_home() / "checkpoints" / f"smollm2-135m-draft-{digest}")
+    return assemble_draft(art, Path(locate("smollm2-135m")),
+                          cache_home() / "checkpoints" / f"smollm2-135m-draft-{draft_digest(art)}")
+
+
+def draft_digest(artifact: Path) -> str:
+    """Names the assembled checkpoint: every committed file shapes it (a new vocabulary subset
+    alone too), so a changed artifact never reuses a stale assembly."""
+    import hashlib
+
+    files = ("draft_layers.safetensors", "config.json", "vocab_subset.json")
+    return hashlib.sha256(b"".join((artifact / name).read_bytes() for name in files)).hexdigest()[:12]
 
 
 REGISTRY: dict[str, RegistryEntry] = {
