@@ -67,6 +67,10 @@ def test_sampling_run_reports_perplexity(bench):
         assert m["ppl"] == pytest.approx(sum(ppls) / len(ppls))
     # The twin draft equals the target, so p/q = 1 up to round-off: (nearly) every draft is accepted.
     assert results["summary"]["sps"]["acceptance_rate"] > 0.9
+    for r in results["per_prompt"]:
+        assert len(r["pit"]) == r["tokens"]
+    # Lossless: the law check must not flag sps (twin draft) or ar.
+    assert all(results["summary"][n]["law_pvalue"] > 1e-3 for n in ("ar", "sps"))
     versus = results["summary"]["sps"]["versus"]
     assert [v["reference"] for v in versus] == ["ar"] and versus[0]["prompts"] == len(ppls)
     assert versus[0]["ppl_ratio"] == pytest.approx(results["summary"]["sps"]["ppl"] / results["summary"]["ar"]["ppl"])
@@ -202,6 +206,24 @@ def test_compare_prints_per_method_differences(bench, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| ar |" in table and "| sps |" in table and "(+100.0%)" in table
     assert main(["bench", "--compare", str(tmp_path / "out"), str(tmp_path / "nowhere.json")]) == 2
+    assert "results file not found" in capsys.readouterr().err
+
+
+def test_report_recomputes_an_earlier_runs_summary_and_report(bench, tmp_path, capsys):
+    code, results = bench("--methods", "ar,sps", "--limit", "2", "-n", "6")
+    assert code == 0
+    run = tmp_path / "out"
+    stale = json.loads((run / "results.json").read_text())
+    for m in stale["summary"].values():  # as written by a version without the paired section
+        del m["versus"]
+    (run / "results.json").write_text(json.dumps(stale))
+    (run / "report.md").write_text("old")
+    assert main(["bench", "--report", str(run)]) == 0
+    again = json.loads((run / "results.json").read_text())
+    assert again["per_prompt"] == results["per_prompt"]
+    assert again["summary"]["sps"]["versus"][0]["reference"] == "ar"
+    assert "## Paired against the baselines" in (run / "report.md").read_text()
+    assert main(["bench", "--report", str(tmp_path / "nowhere")]) == 2
     assert "results file not found" in capsys.readouterr().err
 
 

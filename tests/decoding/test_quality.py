@@ -1,4 +1,5 @@
-"""`perplexity`: one full forward must agree with scoring the tokens one prefix at a time."""
+"""`perplexity`: one full forward must agree with scoring the tokens one prefix at a time.
+`law_pit` / `uniformity_pvalue`: uniform for draws from the law, not for draws from another."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 from tokenleap import TokenleapError
-from tokenleap.decoding.quality import perplexity
+import tokenleap
+from tokenleap import Sampling
+from tokenleap.decoding.quality import law_pit, perplexity, score_continuation, uniformity_pvalue
 
 
 @pytest.fixture
@@ -44,5 +47,46 @@ def test_likely_tokens_score_lower_than_unlikely_ones(model):
 def test_needs_tokens_and_a_prompt(model):
     with pytest.raises(TokenleapError, match="at least one generated token"):
         perplexity(model, [3, 4], [])
+    with pytest.raises(TokenleapError, match="at least one generated token"):
+        law_pit(model, [3, 4], [], Sampling(1.0))
     with pytest.raises(TokenleapError, match="non-empty prompt"):
         perplexity(model, [], [3])
+
+
+def test_uniformity_pvalue_agrees_with_scipy_and_reports_nans():
+    from scipy.stats import kstest
+
+    rng = torch.Generator().manual_seed(0)
+    for n, power in [(40, 1.0), (300, 1.0), (300, 1.3), (3000, 1.0), (3000, 1.1)]:
+        u = (torch.rand(n, generator=rng, dtype=torch.float64) ** power).tolist()
+        p, nan = uniformity_pvalue(u)
+        assert p == pytest.approx(kstest(u, "uniform").pvalue, abs=0.02) and nan == 0.0
+    p, nan = uniformity_pvalue([0.5, float("nan"), 0.25, 0.75])
+    assert nan == 0.25 and 0 < p <= 1
+
+
+def test_law_pit_is_uniform_for_draws_from_the_law_and_not_for_a_colder_sampler(model):
+    """Whole generations (not first tokens): ar at T=1 passes, ar at T=0.7 judged against the
+    T=1 law fails: the check has power against 'favours likely tokens'."""
+    law = Sampling(1.0, top_k=8, top_p=0.95)
+
+    def pvalue(temperature: float) -> float:
+        u = []
+        for seed in range(40):
+            r = tokenleap.generate([3, 4, 5], model=model, temperature=temperature, top_k=8, top_p=0.95,
+                                   max_new_tokens=25, seed=seed)
+            u += law_pit(model, r.prompt_ids, r.token_ids, law, torch.Generator().manual_seed(10_000 + seed)).tolist()
+        return uniformity_pvalue(u)[0]
+
+    assert pvalue(1.0) > 1e-3
+    assert pvalue(0.7) < 1e-4
+
+
+def test_score_continuation_is_perplexity_and_pit_in_one_forward(model):
+    law = Sampling(1.0, top_k=5)
+    ppl, pit = score_continuation(model, [3, 4], [5, 6, 7], law, torch.Generator().manual_seed(1))
+    assert ppl == pytest.approx(perplexity(model, [3, 4], [5, 6, 7]))
+    assert pit == pytest.approx(law_pit(model, [3, 4], [5, 6, 7], law, torch.Generator().manual_seed(1)).tolist(),
+                                nan_ok=True)
+    with pytest.raises(TokenleapError, match="temperature > 0"):
+        law_pit(model, [3, 4], [5], Sampling(0.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -57,6 +58,9 @@ def add_bench_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Nam
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
                    help="compare two results.json files (or run directories) instead of running")
+    p.add_argument("--report", type=Path, metavar="RUN",
+                   help="instead of running: recompute the summary, report.md and plots of an earlier run "
+                        "(directory or results.json) from its per-prompt records, with this version's report")
     option_names = add_method_option_flags(p)
     return lambda args: cmd_bench(args, option_names)
 
@@ -68,7 +72,26 @@ def cmd_bench(args: argparse.Namespace, option_names: list[str]) -> int:
         a, b = args.compare
         print(compare(load_results(a), load_results(b), str(a), str(b)))
         return 0
+    if args.report:
+        return rerender(args.report)
     return run_from_args(args, option_names)
+
+
+def rerender(run: Path) -> int:
+    """Summary, report.md and plots of a finished run, recomputed from its per-prompt records
+    (which are never changed)."""
+    from .harness import write_outputs
+    from .report import load_results, summarize
+
+    results = load_results(run)
+    out = run if run.is_dir() else run.parent
+    results["summary"] = summarize(results)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "results.json")
+    write_outputs(results, out)
+    print(f"rewrote {out / 'results.json'} (summary), {out / 'report.md'} and the plots")
+    return 0
 
 
 def run_from_args(args: argparse.Namespace, option_names: list[str]) -> int:

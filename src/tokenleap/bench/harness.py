@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
-from ..decoding.quality import perplexity
+from ..decoding.quality import score_continuation
 from ..decoding.stats import DecodeStats
 from ..decoding.warping import Sampling
 from ..errors import TokenleapError
@@ -467,11 +467,15 @@ class Recorder:
         return path
 
 
+PIT_SEED_OFFSET = 0x5EED_0000
+
+
 def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, repeat: int, seed: int,
             run: Callable[[list[int], int], tuple[list[int], DecodeStats]], meter: EnergyMeter,
-            score: Callable[[list[int], list[int]], float] | None = None) -> dict[str, Any]:
+            score: Callable[[list[int], list[int], int], tuple[float, list[float]]] | None = None
+            ) -> dict[str, Any]:
     """One timed generation as a per_prompt record; any exception becomes the record's error.
-    `score` (perplexity, in sampling runs) runs after the clock stops."""
+    `score` (sampling runs: perplexity and the law check's PIT values) runs after the clock stops."""
     record: dict[str, Any] = {"question_id": prompt.question_id, "category": prompt.category,
                               "prompt_index": prompt.index, "method": method.name, "repeat": repeat,
                               "seed": seed, "tokens": 0, "wall_s": 0.0, "energy_j": 0.0, "token_ids": [],
@@ -487,7 +491,7 @@ def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, re
         stats.wall_s = wall  # the harness's clock, identical for every method
         record["stats"] = stats.to_dict()
         if score is not None and token_ids:
-            record["ppl"] = score(prompt_ids, token_ids)
+            record["ppl"], record["pit"] = score(prompt_ids, token_ids, seed)
     except Exception as exc:  # noqa: BLE001 - one bad prompt must not end the run
         record["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     return record
@@ -551,8 +555,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     def run_method(m: BenchMethod, prompt_ids: list[int], seed: int, max_new: int = config.max_new_tokens):
         return generate_once(m, target, draft, prompt_ids, max_new, config.sampling, seed)
 
-    def score(prompt_ids: list[int], token_ids: list[int]) -> float:
-        return perplexity(target, prompt_ids, token_ids)
+    def score(prompt_ids: list[int], token_ids: list[int], seed: int) -> tuple[float, list[float]]:
+        # The PIT's own uniforms come from another stream than the method's draws (seeded by
+        # `seed`): correlated with them, the check would see structure that is not there.
+        pit_rng = torch.Generator().manual_seed(PIT_SEED_OFFSET + seed)
+        return score_continuation(target, prompt_ids, token_ids, config.sampling, pit_rng)
 
     prompt_ids = encode_prompts(target, prompts)
     first = next((ids for ids in prompt_ids.values() if isinstance(ids, list)), None)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..decoding.quality import uniformity_pvalue
 from ..errors import TokenleapError
 
 BASELINE = "ar"
@@ -16,6 +17,11 @@ PPL_NOTE = ("ppl: per sample, exp(-mean log-prob of its generated tokens, EOS in
             "at T=1 without top-k/top-p, given the prompt and earlier tokens; the table shows the "
             "arithmetic mean of these per-sample perplexities (sampling runs only).")
 
+LAW_NOTE = ("law p (sampling runs): Kolmogorov-Smirnov p-value that the generated tokens follow the target's "
+            "warped law token by token (randomised PIT, most likely token first, see "
+            "`tokenleap.decoding.quality.law_pit`). Lossless methods (`ar`, `sps`, `pass`) should not "
+            "get a tiny one; MTAD is not lossless and favours likely tokens, so it can. A few tokens "
+            "outside the scorer's top-k/top-p (bf16 round-off between decoding and scoring) are left out.")
 
 # ---- summary ---------------------------------------------------------------------------------
 
@@ -44,6 +50,8 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     proposed_at = _sum_lists([s["proposed_at"] for s in stats])
     accepted_at = _sum_lists([s["accepted_at"] for s in stats])
     ppls = [r["ppl"] for r in ok if r.get("ppl") is not None]
+    pits = [u for r in ok for u in (r.get("pit") or [])]
+    law_p, law_nan = uniformity_pvalue(pits) if pits else (None, None)
     return {
         "runs": len(records), "failed": len(records) - len(ok), "tokens": tokens, "wall_s": wall,
         "tokens_per_s": _ratio(tokens, wall) or 0.0,
@@ -53,6 +61,9 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "target_forwards_per_token": _ratio(target_fw, tokens),
         "draft_forwards_per_token": _ratio(sum(s["draft_forwards"] for s in stats), tokens),
         "ppl": sum(ppls) / len(ppls) if ppls else None,
+        # Law check (sampling runs): KS p-value of the tokens' PIT under the target's warped law;
+        # a lossless method should not get a tiny one. law_nan: tokens outside the law's support.
+        "law_pvalue": law_p, "law_nan": law_nan,
         "energy_j_per_token": _ratio(sum(r["energy_j"] for r in ok), tokens),
     }
 
@@ -157,11 +168,16 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _metric_cells(m: dict[str, Any]) -> list[str]:
     return [_fmt(m["tokens_per_s"], 1), _fmt(m["speedup"]), _fmt(m["mean_accepted_length"]),
             _fmt(m["acceptance_rate"]), _fmt(m["target_forwards_per_token"]), _fmt(m["draft_forwards_per_token"]),
-            _fmt(m["exact_match"]), _fmt(m["ppl"]), _fmt(m["energy_j_per_token"], 3), str(m["failed"])]
+            _fmt(m["exact_match"]), _fmt(m["ppl"]), _pvalue(m.get("law_pvalue")), _fmt(m["energy_j_per_token"], 3),
+            str(m["failed"])]
+
+
+def _pvalue(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}" if p >= 1e-4 else "<1e-4"
 
 
 METRIC_HEADER = ["tok/s", "speedup", "mean acc. len", "acc. rate", "target fw/tok", "draft fw/tok",
-                 "exact match", "ppl", "J/tok", "failed"]
+                 "exact match", "ppl", "law p", "J/tok", "failed"]
 
 
 def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) -> str:
@@ -275,6 +291,7 @@ def _notes(results: dict[str, Any]) -> list[str]:
              "- mean acc. len = 1 + accepted drafts / target forwards. For hf-assisted, accepted drafts are "
              "derived as tokens - target forwards (HF does not report proposals, so no acceptance rate).",
              f"- {PPL_NOTE}",
+             f"- {LAW_NOTE}",
              "- exact match (greedy runs): fraction of prompts whose token ids equal `ar`'s."]
     if cfg.get("greedy") and BASELINE in results["summary"]:
         lossless = {m["name"] for m in results["methods"] if m["lossless"]}
