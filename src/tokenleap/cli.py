@@ -95,7 +95,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     names = add_method_option_flags(gen)
     handlers["generate"] = lambda a: cmd_generate(a, names)
 
-    models = sub.add_parser("models", help="list registry model names")
+    sub.add_parser("models", help="list registry model names")
     handlers["models"] = cmd_models
 
     srv = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API (completions, chat, streaming)")

@@ -6,7 +6,6 @@ one fails `test_every_lossless_method_is_covered`, so it inherits these tests.""
 import dataclasses
 
 import pytest
-import torch
 
 import tokenleap
 from tokenleap import METHODS

@@ -4,7 +4,6 @@ The sources themselves are downloads (tokenleap.train.corpora); these tests buil
 stand-ins of the same form, so they run offline."""
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
