@@ -17,7 +17,8 @@ import torch
 
 from tokenleap import Sampling
 from tokenleap.bench.command import rerender
-from tokenleap.bench.harness import PIT_SEED_OFFSET, encode_prompts, load_prompts
+from tokenleap.bench.report import save_results
+from tokenleap.bench.harness import PIT_SEED_OFFSET, encode_prompts, load_prompts, pit_record
 from tokenleap.decoding.quality import law_pit
 from tokenleap.models.loading import load_model
 
@@ -38,10 +39,8 @@ def main() -> None:
     todo = [r for r in results["per_prompt"] if r["error"] is None and r["token_ids"] and "pit" not in r]
     for r in todo:
         rng = torch.Generator().manual_seed(PIT_SEED_OFFSET + r["seed"])
-        r["pit"] = law_pit(target, prompt_ids[r["prompt_index"]], r["token_ids"], sampling, rng).tolist()
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
+        r["pit"] = pit_record(law_pit(target, prompt_ids[r["prompt_index"]], r["token_ids"], sampling, rng).tolist())
+    save_results(results, path)
     print(f"scored {len(todo)} records")
     rerender(args.run)
 

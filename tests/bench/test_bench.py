@@ -69,6 +69,7 @@ def test_sampling_run_reports_perplexity(bench):
     assert results["summary"]["sps"]["acceptance_rate"] > 0.9
     for r in results["per_prompt"]:
         assert len(r["pit"]) == r["tokens"]
+        assert all(u is None or (0 <= u <= 1 and round(u, 5) == u) for u in r["pit"])
     # Lossless: the law check must not flag sps (twin draft) or ar.
     assert all(results["summary"][n]["law_pvalue"] > 1e-3 for n in ("ar", "sps"))
     versus = results["summary"]["sps"]["versus"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -81,14 +80,12 @@ def rerender(run: Path) -> int:
     """Summary, report.md and plots of a finished run, recomputed from its per-prompt records
     (which are never changed)."""
     from .harness import write_outputs
-    from .report import load_results, summarize
+    from .report import load_results, save_results, summarize
 
     results = load_results(run)
     out = run if run.is_dir() else run.parent
     results["summary"] = summarize(results)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out / "results.json")
+    save_results(results, out / "results.json")
     write_outputs(results, out)
     print(f"rewrote {out / 'results.json'} (summary), {out / 'report.md'} and the plots")
     return 0

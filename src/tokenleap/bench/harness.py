@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -454,20 +455,22 @@ class Recorder:
         self.results["per_prompt"].append(record)
 
     def save(self, status: str | None = None) -> Path:
-        from .report import summarize
+        from .report import save_results, summarize
 
         if status:
             self.results["status"] = status
         self.results["summary"] = summarize(self.results)
         self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "results.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.results, indent=1))
-        tmp.replace(path)
-        return path
+        return save_results(self.results, self.out / "results.json")
 
 
 PIT_SEED_OFFSET = 0x5EED_0000
+
+
+def pit_record(pit: list[float]) -> list[float | None]:
+    """PIT values as stored: 5 decimals (far finer than a KS test resolves), None for NaN
+    (a token outside the law's support; JSON has no NaN)."""
+    return [None if math.isnan(u) else round(u, 5) for u in pit]
 
 
 def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, repeat: int, seed: int,
@@ -491,7 +494,8 @@ def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, re
         stats.wall_s = wall  # the harness's clock, identical for every method
         record["stats"] = stats.to_dict()
         if score is not None and token_ids:
-            record["ppl"], record["pit"] = score(prompt_ids, token_ids, seed)
+            record["ppl"], pit = score(prompt_ids, token_ids, seed)
+            record["pit"] = pit_record(pit)
     except Exception as exc:  # noqa: BLE001 - one bad prompt must not end the run
         record["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     proposed_at = _sum_lists([s["proposed_at"] for s in stats])
     accepted_at = _sum_lists([s["accepted_at"] for s in stats])
     ppls = [r["ppl"] for r in ok if r.get("ppl") is not None]
-    pits = [u for r in ok for u in (r.get("pit") or [])]
+    pits = [math.nan if u is None else u for r in ok for u in (r.get("pit") or [])]
     law_p, law_nan = uniformity_pvalue(pits) if pits else (None, None)
     return {
         "runs": len(records), "failed": len(records) - len(ok), "tokens": tokens, "wall_s": wall,
@@ -314,6 +315,19 @@ def _notes(results: dict[str, Any]) -> list[str]:
 
 
 # ---- comparing runs -----------------------------------------------------------------------------
+
+def save_results(results: dict[str, Any], path: Path) -> Path:
+    """Write results.json atomically: indented, but one line per per-prompt record (a run has
+    thousands, each with its token ids and PIT values), which keeps the file small and diffable."""
+    records = results.get("per_prompt", [])
+    text = json.dumps({**results, "per_prompt": []}, indent=1)
+    body = ",\n".join("  " + json.dumps(r) for r in records)
+    text = text.replace('"per_prompt": []', '"per_prompt": [\n' + body + "\n ]" if records else '"per_prompt": []', 1)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
 
 def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
