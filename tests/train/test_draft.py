@@ -59,6 +59,11 @@ def test_distillation_lowers_loss_keeps_target_and_exports_a_loadable_draft(tiny
     train_draft(target, warm)
     warm_first = json.loads((tmp_path / "warm" / "history.jsonl").read_text().splitlines()[0])
     assert warm_first["loss"] < history[0]["loss"] - 0.1
+    # Trained on an earlier run's data: the record does not claim settings that made no data.
+    reused = DraftTrainConfig(**{**warm.__dict__, "out": str(tmp_path / "reuse"), "data": str(tmp_path / "run" / "data")})
+    train_draft(target, reused, tmp_path / "reused-artifact")
+    recorded = json.loads((tmp_path / "reused-artifact" / "training.json").read_text())["config"]
+    assert recorded["data"] and recorded["prompt_set"] is None and recorded["prompts"] is None
 
     draft_dir = assemble_draft(tmp_path / "artifact", Path(target_dir), tmp_path / "assembled")
     plain = AutoModelForCausalLM.from_pretrained(draft_dir)  # an ordinary HF Llama directory

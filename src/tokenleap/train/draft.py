@@ -261,6 +261,7 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
     """Run (or resume) the whole pipeline; returns the final metrics."""
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)  # with --data nothing else creates it
     paths = dataset_shards(target, cfg.data, cfg)
     everything = load_records(paths)
     # Every 32nd sequence is held out: all kinds of prompt, never trained on.
@@ -333,4 +334,7 @@ def export_draft(draft: LlamaForCausalLM, subset: torch.Tensor, cfg: DraftTrainC
     save_file(weights, str(artifact_dir / "draft_layers.safetensors"), metadata={"format": "pt"})
     draft.config.to_json_file(str(artifact_dir / "config.json"))
     (artifact_dir / "vocab_subset.json").write_text(json.dumps(subset.tolist()))
-    (artifact_dir / "training.json").write_text(json.dumps({"config": asdict(cfg), "metrics": metrics}, indent=2))
+    config = asdict(cfg)
+    if cfg.data:  # earlier runs' data was used: the settings that would have written it did nothing
+        config.update(prompts=None, max_new_tokens=None, top_k=None, prompt_set=None)
+    (artifact_dir / "training.json").write_text(json.dumps({"config": config, "metrics": metrics}, indent=2))
