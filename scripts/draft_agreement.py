@@ -76,16 +76,21 @@ def main() -> None:
     prompts = dev_prompts(args.data, args.per_category)
     records = target_answers(prompts, args.max_new_tokens)
     # The draft's own runner, as `sps` runs it: its reduced head never predicts other tokens.
-    draft = load_model(args.draft, dtype="fp32")
+    runner = load_model(args.draft, dtype="fp32").runner
+    report(agreement(prompts, records, lambda ids: runner.forward(runner.new_cache(1, len(ids)), ids[None])[0]
+                     .argmax(-1)), args.gamma)
+    if args.early_exit:
+        early_exit_yardstick(prompts, records, args.gamma)
+
+
+def agreement(prompts, records, predict) -> dict[str, list]:
+    """Per category, per answer: does predict(ids) (one guess per position: [len(ids)] ids)
+    equal the target's next token at every answer position?"""
     per_cat: dict[str, list] = collections.defaultdict(list)
     for (cat, _), r in zip(prompts, records):
         ids = r["ids"].long()
-        logits = draft.runner.forward(draft.runner.new_cache(1, len(ids)), ids[None])[0, r["start"]:-1]
-        agree = (logits.argmax(-1) == ids[r["start"] + 1:]).tolist()
-        per_cat[cat].append(agree)
-    report(per_cat, args.gamma)
-    if args.early_exit:
-        early_exit_yardstick(prompts, records, args.gamma)
+        per_cat[cat].append((predict(ids)[r["start"]:-1] == ids[r["start"] + 1:]).tolist())
+    return per_cat
 
 
 def report(per_cat: dict[str, list], gamma: int) -> None:
@@ -100,7 +105,6 @@ def report(per_cat: dict[str, list], gamma: int) -> None:
     print(f"{'all (tokens)':16} {sum(r[1] * r[3] for r in rows) / n:6.3f} {sum(r[2] * r[3] for r in rows) / n:5.2f}")
 
 
-
 @torch.no_grad()
 def early_exit_yardstick(prompts, records, gamma: int) -> None:
     """The same figures for 'draft = the target's first d layers + the committed trained exit
@@ -111,14 +115,12 @@ def early_exit_yardstick(prompts, records, gamma: int) -> None:
     heads, _ = load_heads(artifact_for("smollm2-135m"), target)
     runner = target.runner
     for d, head in sorted(heads.items()):
-        per_cat: dict[str, list] = collections.defaultdict(list)
-        for (cat, _), r in zip(prompts, records):
-            ids = r["ids"].long()
+        def predict(ids: torch.Tensor, d: int = d, head=head) -> torch.Tensor:
             h = runner.hidden_states(runner.new_cache(1, len(ids)), runner.embed(ids[None]), layers=range(d))
-            pred = head.topk(h[0, r["start"]:-1], 1)[:, 0]
-            per_cat[cat].append((pred == ids[r["start"] + 1:]).tolist())
+            return head.topk(h[0], 1)[:, 0]
+
         print(f"\n-- target layers 1..{d} of {runner.num_layers} + trained exit head")
-        report(per_cat, gamma)
+        report(agreement(prompts, records, predict), gamma)
 
 
 if __name__ == "__main__":

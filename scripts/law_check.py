@@ -10,25 +10,23 @@ summary, report.md and plots (`tokenleap bench --report`). Generated tokens are 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from tokenleap import Sampling
-from tokenleap.bench.command import rerender
-from tokenleap.bench.report import save_results
-from tokenleap.bench.harness import PIT_SEED_OFFSET, encode_prompts, load_prompts, pit_record
+from tokenleap.bench.command import rewrite_run
+from tokenleap.bench.harness import encode_prompts, load_prompts, pit_generator, pit_record
+from tokenleap.bench.report import load_results
 from tokenleap.decoding.quality import law_pit
 from tokenleap.models.loading import load_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run", type=Path)
+    ap.add_argument("run", type=Path, help="run directory (or its results.json)")
     args = ap.parse_args()
-    path = args.run / "results.json"
-    results = json.loads(path.read_text())
+    results = load_results(args.run)
     cfg = results["config"]
     if cfg.get("greedy", True):
         raise SystemExit("the law check is for sampling runs")
@@ -38,11 +36,10 @@ def main() -> None:
     sampling = Sampling(**cfg["sampling"])
     todo = [r for r in results["per_prompt"] if r["error"] is None and r["token_ids"] and "pit" not in r]
     for r in todo:
-        rng = torch.Generator().manual_seed(PIT_SEED_OFFSET + r["seed"])
-        r["pit"] = pit_record(law_pit(target, prompt_ids[r["prompt_index"]], r["token_ids"], sampling, rng).tolist())
-    save_results(results, path)
+        pit = law_pit(target, prompt_ids[r["prompt_index"]], r["token_ids"], sampling, pit_generator(r["seed"]))
+        r["pit"] = pit_record(pit.tolist())
     print(f"scored {len(todo)} records")
-    rerender(args.run)
+    rewrite_run(results, args.run if args.run.is_dir() else args.run.parent)
 
 
 if __name__ == "__main__":

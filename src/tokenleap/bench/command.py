@@ -79,16 +79,21 @@ def cmd_bench(args: argparse.Namespace, option_names: list[str]) -> int:
 def rerender(run: Path) -> int:
     """Summary, report.md and plots of a finished run, recomputed from its per-prompt records
     (which are never changed)."""
-    from .harness import write_outputs
-    from .report import load_results, save_results, summarize
+    from .report import load_results
 
-    results = load_results(run)
-    out = run if run.is_dir() else run.parent
+    rewrite_run(load_results(run), run if run.is_dir() else run.parent)
+    return 0
+
+
+def rewrite_run(results: dict, out: Path) -> None:
+    """Recompute the summary of `results` and write results.json, report.md and the plots."""
+    from .harness import write_outputs
+    from .report import save_results, summarize
+
     results["summary"] = summarize(results)
     save_results(results, out / "results.json")
     write_outputs(results, out)
     print(f"rewrote {out / 'results.json'} (summary), {out / 'report.md'} and the plots")
-    return 0
 
 
 def run_from_args(args: argparse.Namespace, option_names: list[str]) -> int:

@@ -467,6 +467,12 @@ class Recorder:
 PIT_SEED_OFFSET = 0x5EED_0000
 
 
+def pit_generator(seed: int) -> torch.Generator:
+    """The law check's own uniforms for a record generated with `seed`: another stream than the
+    method's draws, since correlated with them the check would see structure that is not there."""
+    return torch.Generator().manual_seed(PIT_SEED_OFFSET + seed)
+
+
 def pit_record(pit: list[float]) -> list[float | None]:
     """PIT values as stored: 5 decimals (far finer than a KS test resolves), None for NaN
     (a token outside the law's support; JSON has no NaN)."""
@@ -560,10 +566,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         return generate_once(m, target, draft, prompt_ids, max_new, config.sampling, seed)
 
     def score(prompt_ids: list[int], token_ids: list[int], seed: int) -> tuple[float, list[float]]:
-        # The PIT's own uniforms come from another stream than the method's draws (seeded by
-        # `seed`): correlated with them, the check would see structure that is not there.
-        pit_rng = torch.Generator().manual_seed(PIT_SEED_OFFSET + seed)
-        return score_continuation(target, prompt_ids, token_ids, config.sampling, pit_rng)
+        return score_continuation(target, prompt_ids, token_ids, config.sampling, pit_generator(seed))
 
     prompt_ids = encode_prompts(target, prompts)
     first = next((ids for ids in prompt_ids.values() if isinstance(ids, list)), None)
