@@ -17,6 +17,7 @@ from tokenleap import Sampling, TokenleapError
 from tokenleap.generation import prepare
 from tokenleap.methods import pass_
 from laws import chi_square_pvalue, draws, exact_law
+from reference import hf_greedy
 
 V = 8
 
@@ -33,6 +34,8 @@ def pass_draws(target, sampling, n, **opts):
     (Sampling(1.0), {"lookahead": 2, "embeddings": "random"}),
     (Sampling(1.0), {"lookahead": 3, "embeddings": "mean", "merged": True}),
     (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 4, "embeddings": "random", "merged": True}),
+    (Sampling(1.0), {"lookahead": 2, "embeddings": "random", "one_call": True}),
+    (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 3, "embeddings": "mean", "one_call": True}),
 ])
 def test_sampling_follows_the_target_law(tiny, sampling, opts):
     target = tiny(vocab_size=V, seed=11, init_std=0.1)
@@ -41,7 +44,8 @@ def test_sampling_follows_the_target_law(tiny, sampling, opts):
     assert chi_square_pvalue(samples, law) > 1e-3
 
 
-def test_the_law_test_has_power(tiny, monkeypatch):
+@pytest.mark.parametrize("one_call", [False, True])
+def test_the_law_test_has_power(tiny, monkeypatch, one_call):
     """Accepting every draft (a plausible bug) gives a law the test rejects."""
     target = tiny(vocab_size=V, seed=11, init_std=0.1)
     sampling = Sampling(1.0)
@@ -51,7 +55,7 @@ def test_the_law_test_has_power(tiny, monkeypatch):
         return len(drafts), int(tokenleap.decoding.warping.sample(p[len(drafts)], generator))
 
     monkeypatch.setattr(pass_, "accept_drafts", accept_all)
-    samples = pass_draws(target, sampling, 3000, lookahead=2, embeddings="random")
+    samples = pass_draws(target, sampling, 3000, lookahead=2, embeddings="random", one_call=one_call)
     assert chi_square_pvalue(samples, law) < 1e-6
 
 
@@ -112,8 +116,37 @@ def test_two_calls_and_two_to_l_plus_two_tokens_per_iteration(tiny, merged, samp
     assert ctx.stats.proposed == sum(ctx.stats.proposed_at) and ctx.stats.accepted == sum(ctx.stats.accepted_at)
 
 
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(1.0, top_k=20)])
+@pytest.mark.parametrize("L", [1, 3])
+def test_one_call_is_one_forward_per_iteration(tiny, sampling, L):
+    model = tiny(vocab_size=32, seed=0)
+    trace, _, ctx = run_traced(model, "w2 w3 w4", 50, sampling, seed=3, lookahead=L, embeddings="zero",
+                               one_call=True)
+    assert all(calls == 1 and 1 <= len(block) <= L + 1 for block, calls, _ in trace)
+    assert sum(len(b) for b, _, _ in trace) == 50 and ctx.stats.target_forwards == len(trace)
+    # Every call validates drafts but the first (and the last when one token of room is left:
+    # none are drafted past it), so accepted drafts are what puts more than one token in a block.
+    assert ctx.stats.extra["drafting_calls"] in (1, 2)
+    assert ctx.stats.iterations + ctx.stats.extra["drafting_calls"] == len(trace)
+    assert ctx.stats.accepted == sum(len(b) - 1 for b, _, _ in trace) > 0
+    assert ctx.stats.proposed == sum(ctx.stats.proposed_at) and ctx.stats.accepted == sum(ctx.stats.accepted_at)
+
+
+def test_one_call_candidates_verify_every_guess(tiny):
+    """With every token of the vocabulary a candidate, each first guess holds the target's
+    argmax: every round accepts its one draft, wherever it sits in the tree."""
+    model = tiny(vocab_size=32, seed=2)
+    trace, _, ctx = run_traced(model, "w2 w3", 30, Sampling(), lookahead=1, embeddings="random",
+                               one_call=True, candidates=32)
+    assert ctx.stats.accepted_hist == {1: ctx.stats.iterations}
+    assert [t for b, _, _ in trace for t in b] == hf_greedy(model, model.encode("w2 w3"), 30)
+
+
 @pytest.mark.parametrize("opts,sampling", [
     ({"lookahead": 3}, Sampling()),
+    ({"lookahead": 2, "one_call": True, "embeddings": "random"}, Sampling(1.0)),
+    ({"lookahead": 2, "one_call": True, "candidates": 5}, Sampling()),
+    ({"lookahead": 1, "one_call": True, "candidates": 32, "embeddings": "random"}, Sampling()),
     ({"lookahead": 5, "merged": True, "embeddings": "random"}, Sampling(1.0)),
     ({"lookahead": 2, "merged": True}, Sampling(0.7, top_p=0.9)),
 ])
@@ -184,23 +217,29 @@ def test_embedding_specs(tiny, tmp_path):
     ({"embeddings": "trained"}, "unknown embeddings"),
     ({"embeddings": "/no/such/la.safetensors"}, "not found"),
     ({"merged": "yes"}, "must be bool"),
+    ({"merged": True, "one_call": True}, "alternatives"),
+    ({"candidates": 0, "one_call": True}, "candidates must be an integer >= 1"),
+    ({"candidates": 3}, "candidates > 1 needs one_call"),
+    ({"candidates": 3, "one_call": True, "temperature": 0.8}, "needs temperature=0"),
 ])
 def test_bad_options_are_clear_errors(tiny, opts, message):
     with pytest.raises(TokenleapError, match=message):
         tokenleap.generate("w2", method="pass", model=tiny(vocab_size=32, seed=0), max_new_tokens=5, **opts)
 
 
-def test_cli_merged_flag(tiny_dir):
+def test_cli_variant_flags(tiny_dir):
     path = tiny_dir(vocab_size=32, seed=0)
     outs = {}
-    for flag in ("--merged", "--no-merged"):
+    for flags in (["--merged"], ["--no-merged"], ["--one-call", "--candidates", "3"]):
         out = subprocess.run([sys.executable, "-m", "tokenleap.cli", "generate", "w2 w3", "--model", path,
-                              "--method", "pass", "--lookahead", "3", flag, "-n", "12", "--dtype", "fp32", "--json"],
+                              "--method", "pass", "--lookahead", "3", *flags, "-n", "12", "--dtype", "fp32", "--json"],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
-        outs[flag] = json.loads(out.stdout)
-    assert outs["--merged"]["token_ids"] == outs["--no-merged"]["token_ids"]
+        outs[flags[0]] = json.loads(out.stdout)
+    assert outs["--merged"]["token_ids"] == outs["--no-merged"]["token_ids"] == outs["--one-call"]["token_ids"]
     assert outs["--no-merged"]["stats"]["extra"].get("drafting_skipped", 0) == 0
+    one = outs["--one-call"]["stats"]
+    assert one["target_forwards"] == one["iterations"] + one["extra"]["drafting_calls"]
 
 
 def test_committed_embeddings_are_found_for_the_default_model(tiny):

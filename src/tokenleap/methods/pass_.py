@@ -12,7 +12,12 @@ real token; their rows predict tokens further ahead. One iteration is two calls:
 So every iteration emits 2..L+2 tokens for 2 forwards. Merged variant (ours, still lossless):
 LA_1..LA_L also follow d_L in the validation call; when every draft is accepted, z plays the
 part of the next y and those rows are already the next drafts, so the next drafting call is
-skipped. Greedy (temperature 0) needs nothing special: warped distributions are one-hot.
+skipped. One-call variant (ours, still lossless): a block LA_1..LA_L follows *every* row of
+the validation call (the pending token and each draft; a tree mask lets each block see only
+the real rows up to its own), so whichever prefix is accepted, the block after its last token
+holds the next drafts and no drafting call is ever needed after the first: 1..L+1 tokens per
+forward. Extra rows cost little next to streaming the weights once (8 rows ~1.2x one row here).
+Greedy (temperature 0) needs nothing special: warped distributions are one-hot.
 """
 
 from __future__ import annotations
@@ -40,11 +45,20 @@ TENSOR_KEY = "lookahead"  # the [L, d] tensor inside a lookahead .safetensors fi
 class PaSSOptions:
     lookahead: int = 4  # L: lookahead tokens, i.e. drafts per iteration
     merged: bool = False  # also append the lookahead tokens to the validation call
+    one_call: bool = False  # lookahead tokens after every validated row: one forward per iteration
+    candidates: int = 1  # one_call, greedy: verify this many guesses for the first draft (a tree)
     embeddings: str = "auto"  # auto | mean | zero | random | path/to/lookahead.safetensors
 
     def validate(self) -> None:
         if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 1:
             raise TokenleapError(f"lookahead must be an integer >= 1, got {self.lookahead}")
+        if self.merged and self.one_call:
+            raise TokenleapError("merged and one_call are alternatives (one_call already carries "
+                                 "the next drafts in every call): pick one")
+        if not isinstance(self.candidates, int) or isinstance(self.candidates, bool) or self.candidates < 1:
+            raise TokenleapError(f"candidates must be an integer >= 1, got {self.candidates}")
+        if self.candidates > 1 and not self.one_call:
+            raise TokenleapError("candidates > 1 needs one_call (a tree of drafts is verified in one call)")
         spec = self.embeddings
         if spec != "auto" and spec not in INITS:
             if not spec.endswith(".safetensors"):
@@ -158,10 +172,127 @@ def validation_call(ctx: DecodeContext, seq: list[int], cache: KVCache, drafts: 
     return drafts[:accepted] + [z], carried
 
 
+@dataclass
+class DraftTree:
+    """Drafts for one one-call iteration: node k is `tokens[k]` after node `parents[k]` (-1: the
+    pending token). Sampling uses a chain (parents k-1) with each node's draft law in q."""
+
+    tokens: list[int]
+    parents: list[int]
+    q: torch.Tensor | None = None
+
+    def depths(self) -> list[int]:
+        out: list[int] = []
+        for parent in self.parents:
+            out.append(1 if parent < 0 else out[parent] + 1)
+        return out
+
+
+def draft_tree(block_logits: torch.Tensor, ctx: DecodeContext, max_depth: int) -> DraftTree:
+    """Drafts from a lookahead block's logits [L, V] (LA_i guesses the i-th token after the
+    pending one). Greedy: the `candidates` best guesses for the first, then the top-1 chain under
+    the best one; sampling: a chain d_i ~ q_i."""
+    depth = min(max_depth, len(block_logits))
+    if depth < 1:
+        return DraftTree([], [])
+    if not ctx.sampling.greedy:
+        q = warp(block_logits[:depth], ctx.sampling)
+        return DraftTree(pick(q, ctx.sampling, ctx.generator).tolist(), list(range(-1, depth - 1)), q)
+    first = block_logits[0].topk(ctx.options.candidates).indices.tolist()
+    chain = block_logits[1:depth].argmax(-1).tolist()
+    # The chain hangs under the best first guess (node 0), each node under the one before.
+    chain_parents = [0] + list(range(len(first), len(first) + len(chain) - 1)) if chain else []
+    return DraftTree(first + chain, [-1] * len(first) + chain_parents)
+
+
+def one_call_layout(n_tail: int, tree: DraftTree, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [tail, nodes, block_root, block_node_0, ...], each block = LA_1..LA_L after the
+    pending token (root) or a node: (position offsets from the cache end, bool mask). The tail
+    is plainly causal and a node sees the tail and its ancestors, so an accepted path's K/V
+    are those of a plain pass; a block sees what its token sees, itself included, and its own
+    earlier lookahead rows, at the positions a drafting call on that prefix would give them."""
+    m = len(tree.tokens)
+    depths = tree.depths()
+    size = n_tail + m + (m + 1) * L
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[:n_tail, :n_tail] = torch.ones(n_tail, n_tail, dtype=torch.bool).tril()
+    offsets = list(range(n_tail)) + [n_tail - 1 + d for d in depths]
+    for k, parent in enumerate(tree.parents):
+        row = n_tail + k
+        mask[row] = mask[n_tail - 1] if parent < 0 else mask[n_tail + parent]
+        mask[row, row] = True
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    for b, (owner, depth) in enumerate([(n_tail - 1, 0)] + [(n_tail + k, d) for k, d in enumerate(depths)]):
+        rows = slice(n_tail + m + b * L, n_tail + m + (b + 1) * L)
+        mask[rows] = mask[owner]
+        mask[rows, rows] = causal
+        offsets += range(n_tail + depth, n_tail + depth + L)
+    return torch.tensor(offsets), mask
+
+
+def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree, la: torch.Tensor
+             ) -> tuple[list[int], torch.Tensor]:
+    """[pending tail, draft nodes, LA blocks] -> (accepted drafts + one more token, the logits of
+    the lookahead block after the last accepted token: the next drafts). With no drafts (the
+    first call) this is a drafting call whose exact token comes from the tail's last row."""
+    runner = ctx.target.runner
+    start, m, L = cache.length, len(tree.tokens), la.shape[1]
+    ids = torch.tensor([seq[start:] + tree.tokens], device=runner.device)
+    n_tail = ids.shape[1] - m
+    offsets, mask = one_call_layout(n_tail, tree, L)
+    embeds = torch.cat([runner.embed(ids), la.expand(1, -1, -1).repeat(1, m + 1, 1)], 1)
+    logits = runner.forward(cache, embeds=embeds, positions=start + offsets.to(runner.device), attn_mask=mask)[0]
+    ctx.stats.target_forwards += 1
+    if ctx.sampling.greedy:
+        # Walk down from the pending token while a child is the target's argmax.
+        path, row = [], n_tail - 1
+        while True:
+            z = int(logits[row].argmax())
+            child = next((k for k, (t, par) in enumerate(zip(tree.tokens, tree.parents))
+                          if t == z and par == (path[-1] if path else -1)), None)
+            if child is None:
+                break
+            path.append(child)
+            row = n_tail + child
+    else:  # a chain, judged by the sps rule
+        p = warp(logits[n_tail - 1: n_tail + m], ctx.sampling)
+        accepted, z = accept_drafts(tree.tokens, tree.q, p, ctx.generator)
+        path = list(range(accepted))
+    if m:
+        ctx.stats.record_round(max(tree.depths()), len(path))
+    # Keep the accepted path's K/V after the tail; z is pending; other nodes and every LA row go.
+    if path == list(range(len(path))):
+        cache.rollback(start + n_tail + len(path))
+    else:
+        cache.keep_positions(start + n_tail, torch.tensor(path))
+    block = n_tail + m + (1 + path[-1] if path else 0) * L
+    return [tree.tokens[k] for k in path] + [z], logits[block: block + L]
+
+
+def decode_one_call(ctx: DecodeContext, la: torch.Tensor) -> Iterator[list[int]]:
+    seq = list(ctx.prompt_ids)
+    k = ctx.options.candidates
+    cache = ctx.new_cache(ctx.target, slack=64 + (la.shape[1] + 1) * (la.shape[1] + k + 1))
+    block_logits = None  # the first call has no drafts: it is a drafting call
+    while (room := ctx.room(seq)) > 0:
+        # Never draft past max_new_tokens or the context: accepted drafts + z <= room.
+        tree = DraftTree([], []) if block_logits is None else draft_tree(block_logits, ctx, room - 1)
+        if not tree.tokens:  # the first call, and the last when one token is left
+            ctx.stats.extra["drafting_calls"] = ctx.stats.extra.get("drafting_calls", 0) + 1
+        block, block_logits = one_call(ctx, seq, cache, tree, la)
+        seq.extend(block)
+        yield block
+
+
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:
     opts = ctx.options
     runner = ctx.target.runner
     la = lookahead_embeddings(ctx.target, opts.embeddings, opts.lookahead).to(runner.device, runner.dtype)[None]
+    if opts.one_call:
+        if opts.candidates > 1 and not ctx.sampling.greedy:
+            raise TokenleapError("pass candidates > 1 verifies a tree of greedy guesses: it needs temperature=0")
+        yield from decode_one_call(ctx, la)
+        return
     seq = list(ctx.prompt_ids)
     cache = ctx.new_cache(ctx.target, slack=64 + 2 * opts.lookahead)
     carried: tuple[list[int], torch.Tensor] | None = None

@@ -46,6 +46,11 @@ class HFCache:
             layer.values = torch.cat([layer.values[:, :, :start], layer.values[:, :, src]], dim=2)
 
 
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool [n, m] (True: may attend) -> the [1, 1, n, m] additive mask HF models accept."""
+    return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[None, None]
+
+
 class HFRunner:
     def __init__(self, hf_model: torch.nn.Module) -> None:
         self.hf_model = hf_model
@@ -64,14 +69,17 @@ class HFRunner:
     def forward(self, cache: HFCache, ids: torch.Tensor | None = None, *,
                 embeds: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
-        if attn_mask is not None:
-            raise NotImplementedError("tree attention masks need the lean runner (Llama-family models)")
         start = cache.length
         n = (ids if embeds is None else embeds).shape[1]
+        if attn_mask is not None:
+            # Cached positions all visible, new ones as given: HF takes that as a 4D additive mask.
+            visible = torch.cat([torch.ones(n, start, dtype=torch.bool), attn_mask.cpu()], dim=1)
+            attn_mask = additive_mask(visible, self.hf_model.dtype).to(self.device)
         if positions is None:
             positions = torch.arange(start, start + n, device=self.device)
         out = self.hf_model(
             input_ids=ids, inputs_embeds=embeds, past_key_values=cache.inner, use_cache=True,
             position_ids=positions[None], cache_position=torch.arange(start, start + n, device=self.device),
+            attention_mask=attn_mask,
             logits_to_keep=1 if last_only else 0)
         return out.logits

@@ -31,7 +31,8 @@ from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from ..errors import TokenleapError
-from ..methods.pass_ import TENSOR_KEY, initial_embeddings
+from ..methods.pass_ import INITS, TENSOR_KEY, initial_embeddings, load_embeddings
+from ..models.hf import additive_mask
 from ..models.loading import Model
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
 from .draft import DraftTrainConfig, dataset_shards, load_records
@@ -45,7 +46,7 @@ class LookaheadTrainConfig:
     max_new_tokens: int = 192
     lookahead: int = 6  # L embeddings trained (decoding may use any prefix of them)
     loss: str = "kl"  # "kl": distil the model's own distributions; "ce": its tokens
-    init: str = "mean"  # mean | zero | random
+    init: str = "mean"  # mean | zero | random | path/to/lookahead.safetensors (continue from those)
     cuts: int = 24  # cut points per sequence and step
     sequences: int = 1  # sequences per step (gradients accumulate)
     steps: int = 300
@@ -60,8 +61,8 @@ class LookaheadTrainConfig:
     def validate(self) -> None:
         if self.loss not in ("kl", "ce"):
             raise TokenleapError(f"loss must be kl or ce, got {self.loss!r}")
-        if self.init not in ("mean", "zero", "random"):
-            raise TokenleapError(f"init must be mean, zero or random, got {self.init!r}")
+        if self.init not in INITS and not self.init.endswith(".safetensors"):
+            raise TokenleapError(f"init must be mean, zero, random or a .safetensors file, got {self.init!r}")
         for name in ("lookahead", "cuts", "sequences", "steps", "eval_sequences", "eval_cuts", "save_every"):
             if getattr(self, name) < 1:
                 raise TokenleapError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -88,8 +89,7 @@ def lookahead_mask(n_real: int, cuts: torch.Tensor, L: int, dtype: torch.dtype) 
     depth = torch.arange(L).repeat(len(cuts))
     real = torch.arange(n_real)[None, :] < rows_t[:, None]
     own = (group[:, None] == group[None, :]) & (depth[None, :] <= depth[:, None])
-    visible = torch.cat([real, own], dim=1)
-    return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[None, None]
+    return additive_mask(torch.cat([real, own], dim=1), dtype)
 
 
 def cut_loss(model: Model, la: torch.Tensor, record: dict, cuts: list[int], loss_kind: str
@@ -139,6 +139,16 @@ def evaluate(model: Model, la: torch.Tensor, records: list[dict], cuts: int, see
 
 
 # -- training ---------------------------------------------------------------------------------
+def starting_embeddings(model: Model, init: str, n: int) -> torch.Tensor:
+    """[n, d] float32: an untrained kind (INITS) or the first n of an earlier run's file."""
+    if init in INITS:
+        return initial_embeddings(model, init, n)
+    table = load_embeddings(init, model.hf_model.get_input_embeddings().weight.shape[1])
+    if len(table) < n:
+        raise TokenleapError(f"{init} holds {len(table)} lookahead embeddings; --lookahead {n} needs {n}")
+    return table[:n].clone()
+
+
 def train_lookahead(target: Model, cfg: LookaheadTrainConfig, artifact_dir: str | Path | None = None,
                     command: str | None = None) -> dict:
     """Run (or resume) the training; returns the final metrics. Never changes `target`."""
@@ -160,7 +170,7 @@ def train_lookahead(target: Model, cfg: LookaheadTrainConfig, artifact_dir: str 
     for p in target.hf_model.parameters():
         p.requires_grad_(False)
 
-    la = torch.nn.Parameter(initial_embeddings(target, cfg.init, cfg.lookahead))
+    la = torch.nn.Parameter(starting_embeddings(target, cfg.init, cfg.lookahead))
     opt = torch.optim.Adam([la], lr=cfg.lr)
     step, history, seconds, runs = 0, [], 0.0, []
     if state:
