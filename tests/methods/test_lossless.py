@@ -29,7 +29,7 @@ OPTION_SETS = {
     "ppd": [{}, {"candidates": 1, "workers": 1}, {"exit_layer": 1, "candidates": 3, "workers": 2},
             {"candidates": 5, "workers": 1, "head": "shared"}, {"candidates": 2, "simulate": True}],
 }
-LEAN_ONLY = {"mtad-tree", "ppd"}  # need tree masks or per-layer access from the lean runner
+LEAN_ONLY = {"ppd"}  # needs per-layer access from the lean runner
 CASES = [(name, opts) for name, sets in OPTION_SETS.items() for opts in sets]
 PROMPTS = ["w2 w3 w4", "w5", "w7 w8 w9 w10 w11 w12 w13"]
 

@@ -171,8 +171,6 @@ def tree_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache, draft_c
     the deepest node whose path passes the joint test (highest log P among passing nodes at that
     depth) and draw the extra token at that node."""
     runner = ctx.target.runner
-    if not hasattr(runner, "attention_mask"):
-        raise TokenleapError("mtad-tree needs the lean runner (Llama-family models)")
     nodes = beam_tree(beam_sample(ctx, seq, draft_cache))
     start, n_tail = target_cache.length, len(seq) - target_cache.length
     ids = torch.tensor([seq[start:] + [node.token for node in nodes]], device=runner.device)
