@@ -31,7 +31,7 @@ import torch
 
 from ..decoding.cache import KVCache
 from ..decoding.context import DecodeContext, decode_one_token, uncached
-from ..decoding.warping import next_token, pick, warp
+from ..decoding.warping import next_token, pick, sample, warp
 from ..errors import TokenleapError
 from ..models.loading import Model
 from ..models.registry import ARTIFACTS, REGISTRY
@@ -46,7 +46,7 @@ class PaSSOptions:
     lookahead: int = 4  # L: lookahead tokens, i.e. drafts per iteration
     merged: bool = False  # also append the lookahead tokens to the validation call
     one_call: bool = False  # lookahead tokens after every validated row: one forward per iteration
-    candidates: int = 1  # one_call, greedy: verify this many guesses for the first draft (a tree)
+    candidates: int = 1  # one_call: verify this many guesses for the next draft position (a tree)
     embeddings: str = "auto"  # auto | mean | zero | random | path/to/lookahead.safetensors
 
     def validate(self) -> None:
@@ -175,11 +175,13 @@ def validation_call(ctx: DecodeContext, seq: list[int], cache: KVCache, drafts: 
 @dataclass
 class DraftTree:
     """Drafts for one one-call iteration: node k is `tokens[k]` after node `parents[k]` (-1: the
-    pending token). Sampling uses a chain (parents k-1) with each node's draft law in q."""
+    pending token). Sampling: a chain (parents k-1) with each node's draft law in q, or, with
+    candidates, the distinct tokens among i.i.d. `draws` from q[0] for the next position only."""
 
     tokens: list[int]
     parents: list[int]
     q: torch.Tensor | None = None
+    draws: list[int] | None = None
 
     def depths(self) -> list[int]:
         out: list[int] = []
@@ -191,18 +193,39 @@ class DraftTree:
 def draft_tree(block_logits: torch.Tensor, ctx: DecodeContext, max_depth: int) -> DraftTree:
     """Drafts from a lookahead block's logits [L, V] (LA_i guesses the i-th token after the
     pending one). Greedy: the `candidates` best guesses for the first, then the top-1 chain under
-    the best one; sampling: a chain d_i ~ q_i."""
+    the best one; sampling: a chain d_i ~ q_i, or with candidates that many i.i.d. draws from
+    q_1 for the first position alone."""
     depth = min(max_depth, len(block_logits))
     if depth < 1:
         return DraftTree([], [])
+    k = ctx.options.candidates
     if not ctx.sampling.greedy:
-        q = warp(block_logits[:depth], ctx.sampling)
-        return DraftTree(pick(q, ctx.sampling, ctx.generator).tolist(), list(range(-1, depth - 1)), q)
-    first = block_logits[0].topk(ctx.options.candidates).indices.tolist()
+        q = warp(block_logits[: 1 if k > 1 else depth], ctx.sampling)
+        if k == 1:
+            return DraftTree(pick(q, ctx.sampling, ctx.generator).tolist(), list(range(-1, depth - 1)), q)
+        draws = sample(q[0].expand(k, -1), ctx.generator).tolist()
+        tokens = list(dict.fromkeys(draws))
+        return DraftTree(tokens, [-1] * len(tokens), q, draws)
+    first = block_logits[0].topk(k).indices.tolist()
     chain = block_logits[1:depth].argmax(-1).tolist()
     # The chain hangs under the best first guess (node 0), each node under the one before.
     chain_parents = [0] + list(range(len(first), len(first) + len(chain) - 1)) if chain else []
     return DraftTree(first + chain, [-1] * len(first) + chain_parents)
+
+
+def accept_one_of(draws: list[int], q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None
+                  ) -> tuple[int | None, torch.Tensor]:
+    """Recursive rejection over i.i.d. draws from q, lossless for any number of them: judge each
+    draw by the sps rule against the current law, which becomes norm(max(0, p - q)) after every
+    rejection (so a draw rejected once is never accepted later). Returns (the accepted draw, or
+    None with the law an exact token must then come from)."""
+    for d in draws:
+        if torch.rand((), generator=generator, dtype=torch.float64) < p[d] / q[d]:
+            return d, p
+        residual = (p - q).clamp_min(0)
+        # p == q up to round-off leaves nothing to renormalise; the next draw is then accepted.
+        p = residual / residual.sum() if residual.sum() > 0 else p
+    return None, p
 
 
 def one_call_layout(n_tail: int, tree: DraftTree, L: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,6 +277,12 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
                 break
             path.append(child)
             row = n_tail + child
+    elif tree.draws:  # several guesses for one position
+        token, law = accept_one_of(tree.draws, tree.q[0], warp(logits[n_tail - 1], ctx.sampling), ctx.generator)
+        path = [] if token is None else [tree.tokens.index(token)]
+        if path:
+            law = warp(logits[n_tail + path[0]], ctx.sampling)
+        z = int(sample(law, ctx.generator))
     else:  # a chain, judged by the sps rule
         p = warp(logits[n_tail - 1: n_tail + m], ctx.sampling)
         accepted, z = accept_drafts(tree.tokens, tree.q, p, ctx.generator)
@@ -289,8 +318,6 @@ def decode(ctx: DecodeContext) -> Iterator[list[int]]:
     runner = ctx.target.runner
     la = lookahead_embeddings(ctx.target, opts.embeddings, opts.lookahead).to(runner.device, runner.dtype)[None]
     if opts.one_call:
-        if opts.candidates > 1 and not ctx.sampling.greedy:
-            raise TokenleapError("pass candidates > 1 verifies a tree of greedy guesses: it needs temperature=0")
         yield from decode_one_call(ctx, la)
         return
     seq = list(ctx.prompt_ids)
