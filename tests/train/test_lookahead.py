@@ -72,6 +72,20 @@ def test_resume_continues_from_the_checkpoint(trained):
     assert [r["from_step"] for r in resumed["runs"]] == [0, cfg.steps]
 
 
+def test_init_from_a_file_starts_where_that_run_ended(trained):
+    target, _, cfg, metrics, tmp = trained
+    path = tmp / "artifact" / "lookahead.safetensors"
+    # Same data, so the same held-out cut points: the new run's starting point is the old end.
+    cont = LookaheadTrainConfig(**{**cfg.__dict__, "out": str(tmp / "cont"), "data": str(tmp / "run" / "data"),
+                                   "init": str(path), "steps": 1})
+    assert train_lookahead(target, cont)["untrained_eval"] == metrics["eval"]
+    for init, message in ((str(tmp / "missing.safetensors"), "not found"), ("ones", "unknown embeddings"),
+                          (str(path), "holds 3 lookahead embeddings")):
+        bad = LookaheadTrainConfig(**{**cont.__dict__, "out": str(tmp / "bad"), "init": init, "lookahead": 4})
+        with pytest.raises(tokenleap.TokenleapError, match=message):
+            train_lookahead(target, bad)
+
+
 def test_training_rows_equal_a_pass_drafting_call(tiny):
     """The masked many-cut forward computes, for each cut t, what the lean runner computes for
     [x_1..x_t, LA_1..LA_L] at decode time."""

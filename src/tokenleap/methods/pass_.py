@@ -59,13 +59,18 @@ class PaSSOptions:
             raise TokenleapError(f"candidates must be an integer >= 1, got {self.candidates}")
         if self.candidates > 1 and not self.one_call:
             raise TokenleapError("candidates > 1 needs one_call (a tree of drafts is verified in one call)")
-        spec = self.embeddings
-        if spec != "auto" and spec not in INITS:
-            if not spec.endswith(".safetensors"):
-                raise TokenleapError(f"unknown embeddings {spec!r}: use auto, mean, zero, random "
-                                     "or a path to a .safetensors file")
-            if not Path(spec).expanduser().is_file():
-                raise TokenleapError(f"lookahead embeddings file not found: {spec}")
+        check_embeddings_spec(self.embeddings, ("auto",) + INITS)
+
+
+def check_embeddings_spec(spec: str, kinds: tuple[str, ...]) -> None:
+    """`spec` must be one of `kinds` or an existing .safetensors file (the decoding option and
+    the trainer's --init both name embeddings this way)."""
+    if spec in kinds:
+        return
+    if not spec.endswith(".safetensors"):
+        raise TokenleapError(f"unknown embeddings {spec!r}: use {', '.join(kinds)} or a path to a .safetensors file")
+    if not Path(spec).expanduser().is_file():
+        raise TokenleapError(f"lookahead embeddings file not found: {spec}")
 
 
 # -- the lookahead embeddings ---------------------------------------------------------------

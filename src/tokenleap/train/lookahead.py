@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from ..errors import TokenleapError
-from ..methods.pass_ import INITS, TENSOR_KEY, initial_embeddings, load_embeddings
+from ..methods.pass_ import INITS, TENSOR_KEY, check_embeddings_spec, lookahead_embeddings
 from ..models.hf import additive_mask
 from ..models.loading import Model
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
@@ -61,8 +61,7 @@ class LookaheadTrainConfig:
     def validate(self) -> None:
         if self.loss not in ("kl", "ce"):
             raise TokenleapError(f"loss must be kl or ce, got {self.loss!r}")
-        if self.init not in INITS and not self.init.endswith(".safetensors"):
-            raise TokenleapError(f"init must be mean, zero, random or a .safetensors file, got {self.init!r}")
+        check_embeddings_spec(self.init, INITS)
         for name in ("lookahead", "cuts", "sequences", "steps", "eval_sequences", "eval_cuts", "save_every"):
             if getattr(self, name) < 1:
                 raise TokenleapError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -139,16 +138,6 @@ def evaluate(model: Model, la: torch.Tensor, records: list[dict], cuts: int, see
 
 
 # -- training ---------------------------------------------------------------------------------
-def starting_embeddings(model: Model, init: str, n: int) -> torch.Tensor:
-    """[n, d] float32: an untrained kind (INITS) or the first n of an earlier run's file."""
-    if init in INITS:
-        return initial_embeddings(model, init, n)
-    table = load_embeddings(init, model.hf_model.get_input_embeddings().weight.shape[1])
-    if len(table) < n:
-        raise TokenleapError(f"{init} holds {len(table)} lookahead embeddings; --lookahead {n} needs {n}")
-    return table[:n].clone()
-
-
 def train_lookahead(target: Model, cfg: LookaheadTrainConfig, artifact_dir: str | Path | None = None,
                     command: str | None = None) -> dict:
     """Run (or resume) the training; returns the final metrics. Never changes `target`."""
@@ -170,7 +159,8 @@ def train_lookahead(target: Model, cfg: LookaheadTrainConfig, artifact_dir: str 
     for p in target.hf_model.parameters():
         p.requires_grad_(False)
 
-    la = torch.nn.Parameter(starting_embeddings(target, cfg.init, cfg.lookahead))
+    # An untrained kind, or the first L of an earlier run's file (--init continues from it).
+    la = torch.nn.Parameter(lookahead_embeddings(target, cfg.init, cfg.lookahead).clone())
     opt = torch.optim.Adam([la], lr=cfg.lr)
     step, history, seconds, runs = 0, [], 0.0, []
     if state:
