@@ -290,3 +290,16 @@ def test_paired_ratios_point_estimate_and_bootstrap_interval():
     lo, hi = v["speed_ci95"]
     assert lo < v["speed_ratio"] < hi and hi - lo > 0.1
     assert paired_ratios(noisy, "sps", "hf") is None  # nothing in common
+
+
+def test_pass_candidate_runs_report_which_guess_the_target_took(bench, tmp_path):
+    code, results = bench("--methods", "ar,pass@one_call=true+candidates=3", "--limit", "2", "-n", "12")
+    assert code == 0 and results["summary"]["pass@one_call=true+candidates=3"]["exact_match"] == 1.0
+    report = (tmp_path / "out" / "report.md").read_text()
+    section = report[report.index("## PaSS candidates"):report.index("## Notes")]
+    row = next(line for line in section.splitlines() if line.startswith("| pass@"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    records = [r for r in results["per_prompt"] if r["method"].startswith("pass")]
+    rounds = sum(r["stats"]["iterations"] for r in records)
+    took = sum(n for r in records for k, n in r["stats"]["accepted_hist"].items() if k != "0")
+    assert int(cells[1]) == rounds and float(cells[-1]) == pytest.approx(took / rounds, abs=1e-3)

@@ -160,6 +160,30 @@ def test_one_call_candidates_verify_every_guess(tiny):
                                one_call=True, candidates=32)
     assert ctx.stats.accepted_hist == {1: ctx.stats.iterations}
     assert [t for b, _, _ in trace for t in b] == hf_greedy(model, model.encode("w2 w3"), 30)
+    ranks = {k: v for k, v in ctx.stats.extra.items() if k.startswith("pass_rank_")}
+    assert "pass_rank_none" not in ranks and sum(ranks.values()) == ctx.stats.iterations
+
+
+def test_candidate_ranks_count_which_guess_was_taken(tiny, monkeypatch):
+    """The per-rank counters agree with the trees: rank j is the j-th best first guess of the
+    lookahead block, taken when the block that round returned starts with it."""
+    model = tiny(vocab_size=32, seed=3)
+    trees = []
+    real = pass_.draft_tree
+    monkeypatch.setattr(pass_, "draft_tree", lambda *a: trees.append(real(*a)) or trees[-1])
+    trace, _, ctx = run_traced(model, "w4 w5 w6", 40, Sampling(), lookahead=1, embeddings="random",
+                               one_call=True, candidates=3)
+    blocks = [b for b, _, _ in trace][1:]  # the first call has no tree
+    expected: dict[str, int] = {}
+    for tree, block in zip(trees, blocks):
+        if tree.tokens:
+            first = [t for t, parent in zip(tree.tokens, tree.parents) if parent < 0]
+            key = f"pass_rank_{first.index(block[0]) + 1}" if len(block) > 1 else "pass_rank_none"
+            expected[key] = expected.get(key, 0) + 1
+    ranks = {k: v for k, v in ctx.stats.extra.items() if k.startswith("pass_rank_")}
+    assert ranks == expected and sum(ranks.values()) == ctx.stats.iterations
+    assert ranks.get("pass_rank_none", 0) == ctx.stats.accepted_hist.get(0, 0)
+    assert len(ranks) > 2  # more than one rank was taken: the test sees the ordering
 
 
 @pytest.mark.parametrize("opts,sampling", [

@@ -206,6 +206,7 @@ def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) ->
     else:
         lines.append("No method proposed drafts.")
     lines += _ppd_section(results)
+    lines += _candidates_section(results)
     lines += ["", "## Notes", "", *_notes(results)]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
@@ -264,6 +265,32 @@ def _ppd_section(results: dict[str, Any]) -> list[str]:
     lines += _table(["method", "d", "match rate", "predicted", "measured", "main ms/layer", "ar ms/layer",
                      "branch s", "exit head s", "wait s", "wall s"], rows)
     return lines + ([""] + notes if notes else [])
+
+
+def _candidates_section(results: dict[str, Any]) -> list[str]:
+    """For greedy PaSS runs with candidates: how often the target took the first guess of each
+    rank (best first), so the marginal worth of one more candidate can be read off."""
+    counts: dict[str, dict[str, float]] = {}  # method -> rank ("1", "2", ..., "none") -> rounds
+    for r in results["per_prompt"]:
+        if r["error"]:
+            continue
+        for key, n in (r["stats"].get("extra") or {}).items():
+            if key.startswith("pass_rank_"):
+                rank = key.removeprefix("pass_rank_")
+                per = counts.setdefault(r["method"], {})
+                per[rank] = per.get(rank, 0) + n
+    if not counts:
+        return []
+    width = max(int(k) for per in counts.values() for k in per if k != "none")
+    rows = []
+    for name, per in counts.items():
+        rounds = sum(per.values())
+        hits = [per.get(str(j), 0) / rounds for j in range(1, width + 1)]
+        rows.append([name, f"{rounds:.0f}"] + [f"{h:.3f}" for h in hits] + [f"{sum(hits):.3f}"])
+    lines = ["", "## PaSS candidates: which guess the target took", "",
+             "Share of drafting rounds in which the target's token was the j-th best guess of the "
+             "lookahead block (greedy runs with `candidates` > 1).", ""]
+    return lines + _table(["method", "rounds"] + [f"rank {j}" for j in range(1, width + 1)] + ["any"], rows)
 
 
 def _categories(summary: dict[str, Any]) -> list[str]:

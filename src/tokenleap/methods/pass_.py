@@ -294,6 +294,10 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
         path = list(range(accepted))
     if m:
         ctx.stats.record_round(max(tree.depths()), len(path))
+        if ctx.sampling.greedy and ctx.options.candidates > 1:
+            # Which of the first guesses (best first) the target took: says what k pays.
+            key = f"pass_rank_{path[0] + 1}" if path else "pass_rank_none"
+            ctx.stats.extra[key] = ctx.stats.extra.get(key, 0) + 1
     # Keep the accepted path's K/V after the tail; z is pending; other nodes and every LA row go.
     if path == list(range(len(path))):
         cache.rollback(start + n_tail + len(path))

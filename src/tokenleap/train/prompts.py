@@ -144,15 +144,17 @@ def topical_prompts(rng: random.Random) -> list[str]:
     return sorted(pool)
 
 
+def word_problem(template: str, rng: random.Random) -> str:
+    """A word-problem template with a name and numbers drawn from rng (always in this order)."""
+    return template.format(n=rng.choice(NAMES), a=rng.randint(12, 400), b=rng.randint(2, 30), c=rng.randint(2, 11))
+
+
 def short_task_prompts(rng: random.Random) -> list[str]:
     """Translation, short factual questions and word problems."""
     pool = [f"Translate German to English: {s} {p}{e} ."
             for s in GERMAN_SUBJECTS for p in GERMAN_PREDICATES for e in GERMAN_ENDINGS]
     pool += [q.format(x=x) for q, xs in QA for x in xs]
-    for template in WORD_PROBLEMS:
-        for _ in range(60):
-            pool.append(template.format(n=rng.choice(NAMES), a=rng.randint(12, 400), b=rng.randint(2, 30),
-                                        c=rng.randint(2, 11)))
+    pool += [word_problem(template, rng) for template in WORD_PROBLEMS for _ in range(60)]
     return sorted(set(pool))
 
 
@@ -296,12 +298,7 @@ def corpus_prompts(n: int, seed: int = 0, sources: dict | None = None) -> list[s
         summaries.append(f"Summarize: {_words(articles, rng, 150, 900)[1]}")
     families.append(summaries)
     families.append([_sentence_case(rng.choice(ENTITY_QUESTIONS).format(e=e)) for e in rng.sample(entities, share)])
-    problems = []
-    for _ in range(share):
-        template = rng.choice(WORD_PROBLEMS + MORE_WORD_PROBLEMS)
-        problems.append(template.format(n=rng.choice(NAMES), a=rng.randint(12, 400), b=rng.randint(2, 30),
-                                        c=rng.randint(2, 11)))
-    families.append(problems)
+    families.append([word_problem(rng.choice(WORD_PROBLEMS + MORE_WORD_PROBLEMS), rng) for _ in range(share)])
     rag = []
     for _ in range(share):
         title, text = _words(articles, rng, 480, 520)
