@@ -258,11 +258,12 @@ def test_ppd_runs_report_prediction_beside_measurement(bench, tmp_path):
 def test_variant_values_take_the_type_of_the_option():
     from tokenleap.bench.harness import parse_variant
 
-    assert parse_variant("pass@lookahead=2+merged=true+embeddings=zero") == \
-        ("pass", {"lookahead": 2, "merged": True, "embeddings": "zero"})
+    assert parse_variant("pass@lookahead=2+scheme=merged+embeddings=zero") == \
+        ("pass", {"lookahead": 2, "scheme": "merged", "embeddings": "zero"})
     # A string option keeps numeric-looking text (a file name, say) as text.
     assert parse_variant("pass@embeddings=2") == ("pass", {"embeddings": "2"})
     assert parse_variant("mtad@tau=1+gamma=3") == ("mtad", {"tau": 1, "gamma": 3})
+    assert parse_variant("mtad@without_replacement=true") == ("mtad", {"without_replacement": True})
     assert parse_variant("hf-assisted@num_assistant_tokens=5") == ("hf-assisted", {"num_assistant_tokens": 5})
 
 
@@ -293,8 +294,8 @@ def test_paired_ratios_point_estimate_and_bootstrap_interval():
 
 
 def test_pass_candidate_runs_report_which_guess_the_target_took(bench, tmp_path):
-    code, results = bench("--methods", "ar,pass@one_call=true+candidates=3", "--limit", "2", "-n", "12")
-    assert code == 0 and results["summary"]["pass@one_call=true+candidates=3"]["exact_match"] == 1.0
+    code, results = bench("--methods", "ar,pass@candidates=3", "--limit", "2", "-n", "12")
+    assert code == 0 and results["summary"]["pass@candidates=3"]["exact_match"] == 1.0
     report = (tmp_path / "out" / "report.md").read_text()
     section = report[report.index("## PaSS candidates"):report.index("## Notes")]
     row = next(line for line in section.splitlines() if line.startswith("| pass@"))

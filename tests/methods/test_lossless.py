@@ -19,12 +19,14 @@ OPTION_SETS = {
     "mtad": [{"gamma": 2, "beam_width": 1}, {"gamma": 4, "beam_width": 4, "tau": 0.5},
              {"gamma": 3, "beam_width": 3, "tau": 0.9, "without_replacement": True}],
     "mtad-tree": [{"gamma": 4, "beam_width": 4}, {"gamma": 2, "beam_width": 2, "tau": 0.1}],
-    "pass": [{"lookahead": 1, "embeddings": "zero"}, {"lookahead": 2, "embeddings": "random", "merged": True},
-             {"lookahead": 4}, {"lookahead": 4, "embeddings": "mean", "merged": True},
-             {"lookahead": 6, "embeddings": "random"}, {"lookahead": 6, "embeddings": "zero", "merged": True},
-             {"lookahead": 1, "embeddings": "zero", "one_call": True},
-             {"lookahead": 3, "embeddings": "random", "one_call": True, "candidates": 3},
-             {"lookahead": 2, "one_call": True, "candidates": 4}],
+    "pass": [{}, {"lookahead": 1, "embeddings": "zero", "scheme": "two-call"},
+             {"lookahead": 2, "embeddings": "random", "scheme": "merged"},
+             {"lookahead": 4, "scheme": "two-call"}, {"lookahead": 4, "embeddings": "mean", "scheme": "merged"},
+             {"lookahead": 6, "embeddings": "random", "scheme": "two-call"},
+             {"lookahead": 6, "embeddings": "zero", "scheme": "merged"},
+             {"lookahead": 1, "embeddings": "zero", "candidates": 1},
+             {"lookahead": 3, "embeddings": "random", "candidates": 3},
+             {"lookahead": 2, "candidates": 4}],
     # PPD on these 2-layer models: d = 1 = l/2; d < l/2 and deeper models are in test_ppd.py.
     "ppd": [{}, {"candidates": 1, "workers": 1}, {"exit_layer": 1, "candidates": 3, "workers": 2},
             {"candidates": 5, "workers": 1, "head": "shared"}, {"candidates": 2, "simulate": True}],
@@ -86,9 +88,10 @@ def test_max_new_tokens_is_exact(tiny, method, opts):
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("method,opts", [("ar", {}), ("sps", {"gamma": 4}), ("pass", {"lookahead": 4}),
-                                         ("pass", {"lookahead": 6, "merged": True}),
-                                         ("pass", {"lookahead": 2, "one_call": True, "candidates": 3})])
+@pytest.mark.parametrize("method,opts", [("ar", {}), ("sps", {"gamma": 4}), ("pass", {}),
+                                         ("pass", {"lookahead": 4, "scheme": "two-call"}),
+                                         ("pass", {"lookahead": 6, "scheme": "merged"}),
+                                         ("pass", {"lookahead": 2, "candidates": 3})])
 def test_greedy_equals_hf_generate_on_default_model(real_fp32, method, opts):
     prompts = ["What is the capital of France?", "Write a Python function that reverses a string."]
     for prompt in prompts:

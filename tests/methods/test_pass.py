@@ -1,6 +1,6 @@
 """PaSS: the target law is kept, the cache stays exact, two calls per iteration, options checked.
 
-Greedy equality with HF generate (every L, embeddings, merged or not, both runners) comes from
+Greedy equality with HF generate (every L, embeddings and scheme, both runners) comes from
 OPTION_SETS in test_lossless.py."""
 
 import dataclasses
@@ -31,13 +31,13 @@ def pass_draws(target, sampling, n, **opts):
 
 
 @pytest.mark.parametrize("sampling,opts", [
-    (Sampling(1.0), {"lookahead": 2, "embeddings": "random"}),
-    (Sampling(1.0), {"lookahead": 3, "embeddings": "mean", "merged": True}),
-    (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 4, "embeddings": "random", "merged": True}),
-    (Sampling(1.0), {"lookahead": 2, "embeddings": "random", "one_call": True}),
-    (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 3, "embeddings": "mean", "one_call": True}),
-    (Sampling(1.0), {"lookahead": 1, "embeddings": "random", "one_call": True, "candidates": 3}),
-    (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 2, "embeddings": "mean", "one_call": True, "candidates": 4}),
+    (Sampling(1.0), {"lookahead": 2, "embeddings": "random", "scheme": "two-call"}),
+    (Sampling(1.0), {"lookahead": 3, "embeddings": "mean", "scheme": "merged"}),
+    (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 4, "embeddings": "random", "scheme": "merged"}),
+    (Sampling(1.0), {"lookahead": 2, "embeddings": "random", "candidates": 1}),
+    (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 3, "embeddings": "mean", "candidates": 1}),
+    (Sampling(1.0), {"lookahead": 1, "embeddings": "random"}),  # the defaults: 3 candidates
+    (Sampling(0.8, top_k=5, top_p=0.9), {"lookahead": 2, "embeddings": "mean", "candidates": 4}),
 ])
 def test_sampling_follows_the_target_law(tiny, sampling, opts):
     target = tiny(vocab_size=V, seed=11, init_std=0.1)
@@ -46,8 +46,8 @@ def test_sampling_follows_the_target_law(tiny, sampling, opts):
     assert chi_square_pvalue(samples, law) > 1e-3
 
 
-@pytest.mark.parametrize("one_call", [False, True])
-def test_the_law_test_has_power(tiny, monkeypatch, one_call):
+@pytest.mark.parametrize("scheme", ["two-call", "one-call"])
+def test_the_law_test_has_power(tiny, monkeypatch, scheme):
     """Accepting every draft (a plausible bug) gives a law the test rejects."""
     target = tiny(vocab_size=V, seed=11, init_std=0.1)
     sampling = Sampling(1.0)
@@ -57,7 +57,7 @@ def test_the_law_test_has_power(tiny, monkeypatch, one_call):
         return len(drafts), int(tokenleap.decoding.warping.sample(p[len(drafts)], generator))
 
     monkeypatch.setattr(pass_, "accept_drafts", accept_all)
-    samples = pass_draws(target, sampling, 3000, lookahead=2, embeddings="random", one_call=one_call)
+    samples = pass_draws(target, sampling, 3000, lookahead=2, embeddings="random", scheme=scheme, candidates=1)
     assert chi_square_pvalue(samples, law) < 1e-6
 
 
@@ -75,7 +75,7 @@ def test_the_law_test_catches_a_stale_law_after_rejections(tiny, monkeypatch):
         return None, p
 
     monkeypatch.setattr(pass_, "accept_one_of", no_residual)
-    samples = pass_draws(target, sampling, 3000, lookahead=1, embeddings="random", one_call=True, candidates=4)
+    samples = pass_draws(target, sampling, 3000, lookahead=1, embeddings="random", candidates=4)
     assert chi_square_pvalue(samples, law) < 1e-6
 
 
@@ -108,11 +108,12 @@ def run_traced(model, prompt, n, sampling=Sampling(), seed=0, **opts):
 @pytest.mark.parametrize("merged", [False, True])
 @pytest.mark.parametrize("sampling", [Sampling(), Sampling(1.0, top_k=20)])
 def test_two_calls_and_two_to_l_plus_two_tokens_per_iteration(tiny, merged, sampling):
+    scheme = "merged" if merged else "two-call"
     # Zero embeddings on this model: drafts are often all accepted, so merging skips calls.
     model = tiny(vocab_size=32, seed=0)
     L = 3
     trace, _, ctx = run_traced(model, "w2 w3 w4", 60, sampling, seed=3, lookahead=L, embeddings="zero",
-                               merged=merged)
+                               scheme=scheme)
     iterations, cur_tokens, cur_calls, last_rounds = [], 0, 0, 0
     for block, calls, rounds in trace:
         cur_tokens += len(block)
@@ -137,11 +138,11 @@ def test_two_calls_and_two_to_l_plus_two_tokens_per_iteration(tiny, merged, samp
 
 
 @pytest.mark.parametrize("sampling", [Sampling(), Sampling(1.0, top_k=20)])
-@pytest.mark.parametrize("L", [1, 3])
-def test_one_call_is_one_forward_per_iteration(tiny, sampling, L):
+@pytest.mark.parametrize("L,candidates", [(1, 1), (3, 1), (3, 0)])
+def test_one_call_is_one_forward_per_iteration(tiny, sampling, L, candidates):
     model = tiny(vocab_size=32, seed=0)
     trace, _, ctx = run_traced(model, "w2 w3 w4", 50, sampling, seed=3, lookahead=L, embeddings="zero",
-                               one_call=True)
+                               candidates=candidates)
     assert all(calls == 1 and 1 <= len(block) <= L + 1 for block, calls, _ in trace)
     assert sum(len(b) for b, _, _ in trace) == 50 and ctx.stats.target_forwards == len(trace)
     # Every call validates drafts but the first (and the last when one token of room is left:
@@ -157,7 +158,7 @@ def test_one_call_candidates_verify_every_guess(tiny):
     argmax: every round accepts its one draft, wherever it sits in the tree."""
     model = tiny(vocab_size=32, seed=2)
     trace, _, ctx = run_traced(model, "w2 w3", 30, Sampling(), lookahead=1, embeddings="random",
-                               one_call=True, candidates=32)
+                               candidates=32)
     assert ctx.stats.accepted_hist == {1: ctx.stats.iterations}
     assert [t for b, _, _ in trace for t in b] == hf_greedy(model, model.encode("w2 w3"), 30)
     ranks = {k: v for k, v in ctx.stats.extra.items() if k.startswith("pass_rank_")}
@@ -171,8 +172,7 @@ def test_candidate_ranks_count_which_guess_was_taken(tiny, monkeypatch):
     trees = []
     real = pass_.draft_tree
     monkeypatch.setattr(pass_, "draft_tree", lambda *a: trees.append(real(*a)) or trees[-1])
-    trace, _, ctx = run_traced(model, "w4 w5 w6", 40, Sampling(), lookahead=1, embeddings="random",
-                               one_call=True, candidates=3)
+    trace, _, ctx = run_traced(model, "w4 w5 w6", 40, Sampling(), lookahead=1, embeddings="random")
     blocks = [b for b, _, _ in trace][1:]  # the first call has no tree
     expected: dict[str, int] = {}
     for tree, block in zip(trees, blocks):
@@ -187,12 +187,13 @@ def test_candidate_ranks_count_which_guess_was_taken(tiny, monkeypatch):
 
 
 @pytest.mark.parametrize("opts,sampling", [
-    ({"lookahead": 3}, Sampling()),
-    ({"lookahead": 2, "one_call": True, "embeddings": "random"}, Sampling(1.0)),
-    ({"lookahead": 2, "one_call": True, "candidates": 5}, Sampling()),
-    ({"lookahead": 1, "one_call": True, "candidates": 32, "embeddings": "random"}, Sampling()),
-    ({"lookahead": 5, "merged": True, "embeddings": "random"}, Sampling(1.0)),
-    ({"lookahead": 2, "merged": True}, Sampling(0.7, top_p=0.9)),
+    ({"lookahead": 3, "scheme": "two-call"}, Sampling()),
+    ({"lookahead": 2, "candidates": 1, "embeddings": "random"}, Sampling(1.0)),
+    ({}, Sampling(1.0)),
+    ({"lookahead": 2, "candidates": 5}, Sampling()),
+    ({"lookahead": 1, "candidates": 32, "embeddings": "random"}, Sampling()),
+    ({"lookahead": 5, "scheme": "merged", "embeddings": "random"}, Sampling(1.0)),
+    ({"lookahead": 2, "scheme": "merged"}, Sampling(0.7, top_p=0.9)),
 ])
 def test_kv_cache_after_generation_equals_a_plain_forward(tiny, opts, sampling):
     model = tiny(vocab_size=32, seed=1)
@@ -210,14 +211,14 @@ def test_kv_cache_after_generation_equals_a_plain_forward(tiny, opts, sampling):
 def test_same_seed_same_output_and_runners_agree(tiny):
     lean, hf = tiny(vocab_size=32, seed=0, init_std=0.05), tiny(runner="hf", vocab_size=32, seed=0, init_std=0.05)
     runs = [tokenleap.generate("w2", method="pass", model=m, temperature=1.0, max_new_tokens=30, seed=s,
-                               lookahead=3, merged=True).token_ids for m, s in ((lean, 4), (lean, 4), (hf, 4), (lean, 5))]
+                               lookahead=3, scheme="merged").token_ids for m, s in ((lean, 4), (lean, 4), (hf, 4), (lean, 5))]
     assert runs[0] == runs[1] == runs[2]
     assert runs[0] != runs[3]
 
 
 def test_stats_and_to_dict(tiny):
     r = tokenleap.generate("w2 w3", method="pass", model=tiny(vocab_size=32, seed=0), max_new_tokens=40,
-                           lookahead=4, embeddings="random")
+                           lookahead=4, embeddings="random", scheme="two-call")
     s = r.stats
     d = s.to_dict()
     assert d["extra"]["drafting_calls"] == s.iterations and json.dumps(d)
@@ -260,10 +261,11 @@ def test_embedding_specs(tiny, tmp_path):
     ({"lookahead": True}, "must be int"),
     ({"embeddings": "trained"}, "unknown embeddings"),
     ({"embeddings": "/no/such/la.safetensors"}, "not found"),
-    ({"merged": "yes"}, "must be bool"),
-    ({"merged": True, "one_call": True}, "alternatives"),
-    ({"candidates": 0, "one_call": True}, "candidates must be an integer >= 1"),
-    ({"candidates": 3}, "candidates > 1 needs one_call"),
+    ({"scheme": "one_call"}, "unknown scheme 'one_call'; use one of one-call, two-call, merged"),
+    ({"scheme": 2}, "must be str"),
+    ({"candidates": -1}, r"candidates must be an integer >= 1 \(or 0 for auto\)"),
+    ({"candidates": 3, "scheme": "two-call"}, "candidates > 1 needs scheme one-call"),
+    ({"candidates": 2, "scheme": "merged"}, "candidates > 1 needs scheme one-call"),
 ])
 def test_bad_options_are_clear_errors(tiny, opts, message):
     with pytest.raises(TokenleapError, match=message):
@@ -273,15 +275,15 @@ def test_bad_options_are_clear_errors(tiny, opts, message):
 def test_cli_variant_flags(tiny_dir):
     path = tiny_dir(vocab_size=32, seed=0)
     outs = {}
-    for flags in (["--merged"], ["--no-merged"], ["--one-call", "--candidates", "3"]):
+    for flags in (["--scheme", "merged"], ["--scheme", "two-call"], ["--scheme", "one-call", "--candidates", "3"]):
         out = subprocess.run([sys.executable, "-m", "tokenleap.cli", "generate", "w2 w3", "--model", path,
                               "--method", "pass", "--lookahead", "3", *flags, "-n", "12", "--dtype", "fp32", "--json"],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
-        outs[flags[0]] = json.loads(out.stdout)
-    assert outs["--merged"]["token_ids"] == outs["--no-merged"]["token_ids"] == outs["--one-call"]["token_ids"]
-    assert outs["--no-merged"]["stats"]["extra"].get("drafting_skipped", 0) == 0
-    one = outs["--one-call"]["stats"]
+        outs[flags[1]] = json.loads(out.stdout)
+    assert outs["merged"]["token_ids"] == outs["two-call"]["token_ids"] == outs["one-call"]["token_ids"]
+    assert outs["two-call"]["stats"]["extra"].get("drafting_skipped", 0) == 0
+    one = outs["one-call"]["stats"]
     assert one["target_forwards"] == one["iterations"] + one["extra"]["drafting_calls"]
 
 

@@ -56,9 +56,9 @@ def test_export_is_loaded_by_pass_and_decoding_stays_exact(trained):
     assert record["command"] == "test" and record["config"]["steps"] == cfg.steps
     assert record["metrics"]["eval"] == metrics["eval"]
     greedy = tokenleap.generate("w2 w3", model=target, max_new_tokens=30)
-    for L, merged in ((2, False), (3, True)):
+    for L, scheme in ((2, "two-call"), (3, "merged"), (3, "one-call")):
         r = tokenleap.generate("w2 w3", method="pass", model=target, max_new_tokens=30, lookahead=L,
-                               embeddings=str(path), merged=merged)
+                               embeddings=str(path), scheme=scheme)
         assert r.token_ids == greedy.token_ids
 
 

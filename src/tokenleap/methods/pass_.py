@@ -9,14 +9,15 @@ real token; their rows predict tokens further ahead. One iteration is two calls:
   validation: [y, d_1..d_L] -> p_1..p_(L+1); the speculative-sampling rule of `sps` accepts
               a prefix of the drafts and emits one more token z; rejected K/V is rolled back.
 
-So every iteration emits 2..L+2 tokens for 2 forwards. Merged variant (ours, still lossless):
-LA_1..LA_L also follow d_L in the validation call; when every draft is accepted, z plays the
-part of the next y and those rows are already the next drafts, so the next drafting call is
-skipped. One-call variant (ours, still lossless): a block LA_1..LA_L follows *every* row of
-the validation call (the pending token and each draft; a tree mask lets each block see only
-the real rows up to its own), so whichever prefix is accepted, the block after its last token
-holds the next drafts and no drafting call is ever needed after the first: 1..L+1 tokens per
-forward. Extra rows cost little next to streaming the weights once (8 rows ~1.2x one row here).
+So every iteration emits 2..L+2 tokens for 2 forwards: scheme "two-call". Scheme "merged"
+(still lossless): LA_1..LA_L also follow d_L in the validation call; when every draft is
+accepted, z plays the part of the next y and those rows are already the next drafts, so the
+next drafting call is skipped. Scheme "one-call" (ours, still lossless; the default, being the
+fastest measured): a block LA_1..LA_L follows *every* row of the validation call (the pending
+token and each draft; a tree mask lets each block see only the real rows up to its own), so
+whichever prefix is accepted, the block after its last token holds the next drafts and no
+drafting call is ever needed after the first: 1..L+1 tokens per forward. Extra rows cost
+little next to streaming the weights once (8 rows ~1.2x one row here).
 Greedy (temperature 0) needs nothing special: warped distributions are one-hot.
 """
 
@@ -39,27 +40,34 @@ from .sps import accept_drafts
 
 INITS = ("mean", "zero", "random")  # untrained embeddings; "mean" is the paper's starting point
 TENSOR_KEY = "lookahead"  # the [L, d] tensor inside a lookahead .safetensors file
+SCHEMES = ("one-call", "two-call", "merged")
+AUTO_CANDIDATES = 3
 
 
 @dataclass
 class PaSSOptions:
-    lookahead: int = 4  # L: lookahead tokens, i.e. drafts per iteration
-    merged: bool = False  # also append the lookahead tokens to the validation call
-    one_call: bool = False  # lookahead tokens after every validated row: one forward per iteration
-    candidates: int = 1  # one_call: verify this many guesses for the next draft position (a tree)
+    # Defaults: the fastest lossless setting measured on the default model (README, PaSS).
+    lookahead: int = 1  # L: lookahead tokens, i.e. drafts per iteration
+    scheme: str = "one-call"  # one of SCHEMES (see the module docstring)
+    candidates: int = 0  # one-call: guesses verified for the next position; 0 = auto
     embeddings: str = "auto"  # auto | mean | zero | random | path/to/lookahead.safetensors
 
     def validate(self) -> None:
         if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 1:
             raise TokenleapError(f"lookahead must be an integer >= 1, got {self.lookahead}")
-        if self.merged and self.one_call:
-            raise TokenleapError("merged and one_call are alternatives (one_call already carries "
-                                 "the next drafts in every call): pick one")
-        if not isinstance(self.candidates, int) or isinstance(self.candidates, bool) or self.candidates < 1:
-            raise TokenleapError(f"candidates must be an integer >= 1, got {self.candidates}")
-        if self.candidates > 1 and not self.one_call:
-            raise TokenleapError("candidates > 1 needs one_call (a tree of drafts is verified in one call)")
+        if self.scheme not in SCHEMES:
+            raise TokenleapError(f"unknown scheme {self.scheme!r}; use one of {', '.join(SCHEMES)}")
+        if not isinstance(self.candidates, int) or isinstance(self.candidates, bool) or self.candidates < 0:
+            raise TokenleapError(f"candidates must be an integer >= 1 (or 0 for auto), got {self.candidates}")
+        if self.candidates > 1 and self.scheme != "one-call":
+            raise TokenleapError("candidates > 1 needs scheme one-call (a tree of drafts is verified in one call)")
         check_embeddings_spec(self.embeddings, ("auto",) + INITS)
+
+    @property
+    def guesses(self) -> int:
+        """Candidates for the next position: as set, or auto (3 in one call, where they paid
+        most here; 1 otherwise)."""
+        return self.candidates or (AUTO_CANDIDATES if self.scheme == "one-call" else 1)
 
 
 def check_embeddings_spec(spec: str, kinds: tuple[str, ...]) -> None:
@@ -203,7 +211,7 @@ def draft_tree(block_logits: torch.Tensor, ctx: DecodeContext, max_depth: int) -
     depth = min(max_depth, len(block_logits))
     if depth < 1:
         return DraftTree([], [])
-    k = ctx.options.candidates
+    k = ctx.options.guesses
     if not ctx.sampling.greedy:
         q = warp(block_logits[: 1 if k > 1 else depth], ctx.sampling)
         if k == 1:
@@ -294,7 +302,7 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
         path = list(range(accepted))
     if m:
         ctx.stats.record_round(max(tree.depths()), len(path))
-        if ctx.sampling.greedy and ctx.options.candidates > 1:
+        if ctx.sampling.greedy and ctx.options.guesses > 1:
             # Which of the first guesses (best first) the target took: says what k pays.
             key = f"pass_rank_{path[0] + 1}" if path else "pass_rank_none"
             ctx.stats.extra[key] = ctx.stats.extra.get(key, 0) + 1
@@ -309,7 +317,7 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
 
 def decode_one_call(ctx: DecodeContext, la: torch.Tensor) -> Iterator[list[int]]:
     seq = list(ctx.prompt_ids)
-    k = ctx.options.candidates
+    k = ctx.options.guesses
     cache = ctx.new_cache(ctx.target, slack=64 + (la.shape[1] + 1) * (la.shape[1] + k + 1))
     block_logits = None  # the first call has no drafts: it is a drafting call
     while (room := ctx.room(seq)) > 0:
@@ -326,7 +334,7 @@ def decode(ctx: DecodeContext) -> Iterator[list[int]]:
     opts = ctx.options
     runner = ctx.target.runner
     la = lookahead_embeddings(ctx.target, opts.embeddings, opts.lookahead).to(runner.device, runner.dtype)[None]
-    if opts.one_call:
+    if opts.scheme == "one-call":
         yield from decode_one_call(ctx, la)
         return
     seq = list(ctx.prompt_ids)
@@ -350,7 +358,7 @@ def decode(ctx: DecodeContext) -> Iterator[list[int]]:
             drafts, q = carried
             ctx.stats.extra["drafting_skipped"] = ctx.stats.extra.get("drafting_skipped", 0) + 1
         # Merged: lookahead rows for the round after this one, only as many as it may use.
-        n_next = min(opts.lookahead, room - len(drafts) - 2) if opts.merged else 0
+        n_next = min(opts.lookahead, room - len(drafts) - 2) if opts.scheme == "merged" else 0
         block, carried = validation_call(ctx, seq, cache, drafts, q, la[:, :n_next] if n_next > 0 else None)
         seq.extend(block)
         yield block
