@@ -304,3 +304,11 @@ def test_pass_candidate_runs_report_which_guess_the_target_took(bench, tmp_path)
     rounds = sum(r["stats"]["iterations"] for r in records)
     took = sum(n for r in records for k, n in r["stats"]["accepted_hist"].items() if k != "0")
     assert int(cells[1]) == rounds and float(cells[-1]) == pytest.approx(took / rounds, abs=1e-3)
+
+
+def test_candidate_section_when_no_guess_was_ever_taken():
+    from tokenleap.bench.report import _candidates_section
+
+    record = {"method": "pass", "error": None, "stats": {"extra": {"pass_rank_none": 7, "drafting_calls": 1}}}
+    lines = _candidates_section({"per_prompt": [record, {**record, "error": "boom"}]})
+    assert lines[-1] == "| pass | 7 | 0.000 |"

@@ -281,7 +281,7 @@ def _candidates_section(results: dict[str, Any]) -> list[str]:
                 per[rank] = per.get(rank, 0) + n
     if not counts:
         return []
-    width = max(int(k) for per in counts.values() for k in per if k != "none")
+    width = max((int(k) for per in counts.values() for k in per if k != "none"), default=0)
     rows = []
     for name, per in counts.items():
         rounds = sum(per.values())
