@@ -35,6 +35,15 @@ def test_select_rows_reorders_and_expands():
     assert c.batch == 3
 
 
+def test_select_rows_from_a_shared_context_copies_only_later_positions():
+    c = filled()
+    c.select_rows(torch.tensor([1, 1]), start=3)  # the caller says rows agree before 3
+    assert c.values[1][0, 0, :5, 0].tolist() == [0, 1, 2, 103, 104]  # 0..2 not copied
+    assert c.values[1][1, 0, :5, 0].tolist() == [100, 101, 102, 103, 104]
+    c.select_rows(torch.tensor([0, 1, 1]), start=3)  # a new batch size copies every position
+    assert c.batch == 3 and c.keys[0][2, 0, :5, 0].tolist() == [100, 101, 102, 103, 104]
+
+
 def test_keep_positions_packs_a_path():
     c = filled(batch=1, n=6)
     c.keep_positions(2, torch.tensor([1, 3]))

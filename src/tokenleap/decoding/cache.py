@@ -24,8 +24,10 @@ class KVCache(Protocol):
     def rollback(self, length: int) -> None:
         """Forget every position at or after `length`."""
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Make row i a copy of old row rows[i] (beam reordering or expansion)."""
+    def select_rows(self, rows: torch.Tensor, start: int = 0) -> None:
+        """Make row i a copy of old row rows[i] (beam reordering or expansion). The caller
+        promises that positions before `start` already agree in every row (a shared context), so
+        a cache may skip them while the batch size stays the same."""
 
     def keep_positions(self, start: int, kept: torch.Tensor) -> None:
         """Keep positions `start + kept` (sorted offsets) after `start`, packed contiguously."""
@@ -67,12 +69,12 @@ class StaticKVCache:
         self.length = length
 
     @torch.no_grad()
-    def select_rows(self, rows: torch.Tensor) -> None:
+    def select_rows(self, rows: torch.Tensor, start: int = 0) -> None:
         for store in (self.keys, self.values):
             for i, old in enumerate(store):
                 if rows.numel() == old.shape[0]:
-                    # Same batch size: reorder in place over the live prefix only.
-                    old[:, :, : self.length] = old[rows, :, : self.length]
+                    # Same batch size: reorder in place, live positions from `start` only.
+                    old[:, :, start: self.length] = old[rows, :, start: self.length]
                 else:
                     store[i] = old[rows]
 

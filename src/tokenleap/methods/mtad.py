@@ -70,20 +70,24 @@ def beam_sample(ctx: DecodeContext, seq: list[int], cache: KVCache) -> Beams:
     def dist(logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(-1) if greedy else warp(logits, ctx.sampling)
 
-    q = dist(runner.forward(cache, uncached(seq, cache, runner.device), last_only=True)[0, -1])
+    # The draft cache keeps one row per beam between rounds, every row holding the context c
+    # (see `keep_beam`), so the tail runs in every row and no row is ever copied whole.
+    tail = uncached(seq, cache, runner.device)
+    q = dist(runner.forward(cache, tail.expand(cache.batch, -1), last_only=True)[0, -1])
     ctx.stats.draft_forwards += 1
     first = draw(q, opts.beam_width, greedy, replacement, ctx.generator)
     root = torch.zeros_like(first)
     beams = Beams(tokens=first[:, None], logq=q[first].log()[:, None], weights=q[first] / q[first].sum(),
                   history=[(first, q[first].log(), root)])
-    cache.select_rows(torch.zeros(len(first), dtype=torch.long))
+    context = len(seq)  # positions before it agree in every row; only the beams' own get reordered
+    cache.select_rows(torch.zeros(len(first), dtype=torch.long), start=context)
     for _ in range(1, opts.gamma):
         q = dist(runner.forward(cache, beams.tokens[:, -1:])[:, -1])  # [W, V]
         ctx.stats.draft_forwards += 1
         scores = (beams.weights[:, None] * q).flatten()
         picked = draw(scores / scores.sum(), opts.beam_width, greedy, replacement, ctx.generator)
         parent, token = picked // q.shape[-1], picked % q.shape[-1]
-        cache.select_rows(parent)
+        cache.select_rows(parent, start=context)
         logq = q[parent, token].log()
         beams = Beams(tokens=torch.cat([beams.tokens[parent], token[:, None]], 1),
                       logq=torch.cat([beams.logq[parent], logq[:, None]], 1),
@@ -120,9 +124,15 @@ def mtad_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache, draft_c
     ctx.stats.record_round(len(block), n)
     valid = len(seq) + n
     target_cache.rollback(valid)
-    draft_cache.select_rows(torch.tensor([best]))
-    draft_cache.rollback(min(draft_cache.length, valid))
+    keep_beam(draft_cache, best, len(seq), valid)
     return block[:n] + [extra], n
+
+
+def keep_beam(cache: KVCache, row: int, context: int, valid: int) -> None:
+    """After a round: every row of the draft cache becomes beam `row` up to `valid` positions.
+    Positions before `context` agree in every row already, so only the beam's own are copied."""
+    cache.select_rows(torch.full((cache.batch,), row, dtype=torch.long), start=context)
+    cache.rollback(min(cache.length, valid))
 
 
 @dataclass
@@ -199,8 +209,7 @@ def tree_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache, draft_c
     ctx.stats.record_round(ctx.options.gamma, len(path))
     # Keep the tail's and the accepted path's K/V, packed; the draft restarts from the committed prefix.
     target_cache.keep_positions(start + n_tail, torch.tensor(path, dtype=torch.long))
-    draft_cache.select_rows(torch.tensor([0]))
-    draft_cache.rollback(min(draft_cache.length, len(seq)))
+    keep_beam(draft_cache, 0, len(seq), len(seq))
     return [nodes[k].token for k in path] + [extra], len(path)
 
 

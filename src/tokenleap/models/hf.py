@@ -34,8 +34,8 @@ class HFCache:
         if drop:
             self.inner.crop(-drop)
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        for layer in self.inner.layers:
+    def select_rows(self, rows: torch.Tensor, start: int = 0) -> None:
+        for layer in self.inner.layers:  # every position: a superset of what `start` asks
             layer.keys = layer.keys[rows]
             layer.values = layer.values[rows]
 
