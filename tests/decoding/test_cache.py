@@ -49,3 +49,12 @@ def test_keep_positions_packs_a_path():
     c.keep_positions(2, torch.tensor([1, 3]))
     assert c.length == 4
     assert c.values[1][0, 0, :4, 0].tolist() == [0, 1, 3, 5]
+
+
+def test_keeping_a_prefix_is_a_rollback():
+    c = filled(batch=1, n=6)
+    before = [k.clone() for k in c.keys]
+    c.keep_positions(2, torch.tensor([0, 1]))  # an accepted chain: nothing to move
+    assert c.length == 4 and all(torch.equal(a, b) for a, b in zip(before, c.keys))
+    c.keep_positions(3, torch.tensor([], dtype=torch.long))  # nothing accepted
+    assert c.length == 3

@@ -36,9 +36,10 @@ def test_incremental_rollback_and_refeed_match_full_forward(tiny, runner_kind):
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
 
 
-def test_tree_mask_equals_separate_branches(tiny):
+@pytest.mark.parametrize("runner_kind", ["lean", "hf"])
+def test_tree_mask_equals_separate_branches(tiny, runner_kind):
     """Two branches verified in one forward with a tree mask = each branch fed on its own."""
-    model = tiny(vocab_size=32, seed=0)
+    model = tiny(runner=runner_kind, vocab_size=32, seed=0)
     runner = model.runner
     prefix = torch.tensor([[3, 4, 5]])
     cache = runner.new_cache()
@@ -54,6 +55,12 @@ def test_tree_mask_equals_separate_branches(tiny):
     cache.keep_positions(3, torch.tensor([0, 2]))
     nxt = runner.forward(cache, torch.tensor([[11]]))
     ref = runner.forward(runner.new_cache(), torch.tensor([[3, 4, 5, 7, 9, 11]]))[:, -1:]
+    assert torch.allclose(nxt, ref, atol=1e-5)
+    # Keeping a prefix of what was fed ([7, 9, 11] -> [7]) is a rollback.
+    cache.keep_positions(3, torch.tensor([0]))
+    assert cache.length == 4
+    nxt = runner.forward(cache, torch.tensor([[12]]))
+    ref = runner.forward(runner.new_cache(), torch.tensor([[3, 4, 5, 7, 12]]))[:, -1:]
     assert torch.allclose(nxt, ref, atol=1e-5)
 
 

@@ -33,6 +33,12 @@ class KVCache(Protocol):
         """Keep positions `start + kept` (sorted offsets) after `start`, packed contiguously."""
 
 
+def kept_prefix(kept: torch.Tensor) -> bool:
+    """True when the kept offsets are 0, 1, ..., n-1 (an accepted chain, or nothing): keeping
+    them is a rollback, with nothing to copy."""
+    return bool((kept.cpu() == torch.arange(kept.numel())).all())
+
+
 class StaticKVCache:
     """Pre-allocated per-layer K/V tensors [batch, kv_heads, capacity, head_dim] and a cursor."""
 
@@ -80,6 +86,9 @@ class StaticKVCache:
 
     @torch.no_grad()
     def keep_positions(self, start: int, kept: torch.Tensor) -> None:
+        if kept_prefix(kept):
+            self.rollback(start + kept.numel())
+            return
         src = start + kept.to(torch.long)
         for store in (self.keys, self.values):
             for layer in store:

@@ -131,8 +131,8 @@ def mtad_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache, draft_c
 def keep_beam(cache: KVCache, row: int, context: int, valid: int) -> None:
     """After a round: every row of the draft cache becomes beam `row` up to `valid` positions.
     Positions before `context` agree in every row already, so only the beam's own are copied."""
-    cache.select_rows(torch.full((cache.batch,), row, dtype=torch.long), start=context)
     cache.rollback(min(cache.length, valid))
+    cache.select_rows(torch.full((cache.batch,), row, dtype=torch.long), start=context)
 
 
 @dataclass
@@ -209,7 +209,8 @@ def tree_step(ctx: DecodeContext, seq: list[int], target_cache: KVCache, draft_c
     ctx.stats.record_round(ctx.options.gamma, len(path))
     # Keep the tail's and the accepted path's K/V, packed; the draft restarts from the committed prefix.
     target_cache.keep_positions(start + n_tail, torch.tensor(path, dtype=torch.long))
-    keep_beam(draft_cache, 0, len(seq), len(seq))
+    # Every row holds the context, so dropping the beams' positions is all there is to do.
+    draft_cache.rollback(min(draft_cache.length, len(seq)))
     return [nodes[k].token for k in path] + [extra], len(path)
 
 

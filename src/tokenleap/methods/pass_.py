@@ -307,10 +307,7 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
             key = f"pass_rank_{path[0] + 1}" if path else "pass_rank_none"
             ctx.stats.extra[key] = ctx.stats.extra.get(key, 0) + 1
     # Keep the accepted path's K/V after the tail; z is pending; other nodes and every LA row go.
-    if path == list(range(len(path))):
-        cache.rollback(start + n_tail + len(path))
-    else:
-        cache.keep_positions(start + n_tail, torch.tensor(path))
+    cache.keep_positions(start + n_tail, torch.tensor(path, dtype=torch.long))
     block = n_tail + m + (1 + path[-1] if path else 0) * L
     return [tree.tokens[k] for k in path] + [z], logits[block: block + L]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from ..decoding.cache import kept_prefix
+
 
 class HFCache:
     """`DynamicCache` behind the KVCache protocol (rollback = crop)."""
@@ -40,6 +42,9 @@ class HFCache:
             layer.values = layer.values[rows]
 
     def keep_positions(self, start: int, kept: torch.Tensor) -> None:
+        if kept_prefix(kept):
+            self.rollback(start + kept.numel())
+            return
         src = start + kept.to(torch.long)
         for layer in self.inner.layers:
             layer.keys = torch.cat([layer.keys[:, :, :start], layer.keys[:, :, src]], dim=2)
