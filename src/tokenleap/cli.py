@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import Any, Callable
 
+from .bench.command import add_bench_command
+from .bench.ppd_profile import add_ppd_profile_command
+from .envinfo import add_env_command
 from .errors import TokenleapError
+from .flags import add_method_option_flags, add_runtime_flags, add_sampling_flags, method_options
 from .methods import METHODS
 from .models.registry import DEFAULT_MODEL, REGISTRY
-
-
-def add_method_option_flags(parser: argparse.ArgumentParser) -> list[str]:
-    """One flag per option of any method (e.g. --gamma); only flags the user sets are passed on."""
-    names: dict[str, type] = {}
-    for spec in METHODS.values():
-        for f in dataclasses.fields(spec.options):
-            names.setdefault(f.name, type(f.default))
-    group = parser.add_argument_group("method options (each method takes its own)")
-    for name, kind in names.items():
-        flag = "--" + name.replace("_", "-")
-        if kind is bool:  # `type=bool` would read "False" as True: a switch with a --no- form instead
-            group.add_argument(flag, dest="opt_" + name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            group.add_argument(flag, dest="opt_" + name, type=kind, default=None)
-    return list(names)
-
-
-def method_options(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
-    return {n: getattr(args, "opt_" + n) for n in names if getattr(args, "opt_" + n) is not None}
-
-
-def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
-    parser.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    parser.add_argument("--seed", type=int, default=0)
+from .train.command import add_train_command
 
 
 def cmd_generate(args: argparse.Namespace, option_names: list[str]) -> int:
@@ -47,7 +24,7 @@ def cmd_generate(args: argparse.Namespace, option_names: list[str]) -> int:
     out = generate(prompt, method=args.method, model=args.model, draft=args.draft,
                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, stream=True, stop=args.stop or None,
-                   chat=False if args.no_chat else None, dtype=args.dtype,
+                   chat=False if args.no_chat else None, dtype=args.dtype, device=args.device,
                    **method_options(args, option_names))
     if args.json:
         for _ in out:
@@ -72,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
     serve(args.model, draft=args.draft, host=args.host, port=args.port, method=args.method, dtype=args.dtype,
-          queue_size=args.queue_size)
+          device=args.device, queue_size=args.queue_size)
     return 0
 
 
@@ -89,7 +66,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     gen.add_argument("--max-new-tokens", "-n", type=int, default=128)
     add_sampling_flags(gen)
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
-    gen.add_argument("--dtype", default=None, help="bf16 (default on CPU), fp32 or fp16")
+    add_runtime_flags(gen)
     gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     names = add_method_option_flags(gen)
@@ -105,19 +82,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--method", "-m", default="ar",
                      help=f"default method when a request names none: {', '.join(METHODS)}")
-    srv.add_argument("--dtype", default=None, help="bf16 (default on CPU), fp32 or fp16")
+    add_runtime_flags(srv)
     srv.add_argument("--queue-size", type=int, default=16,
                      help="most requests admitted at once, the running one included; more get HTTP 429")
     handlers["serve"] = cmd_serve
 
-    from .bench.command import add_bench_command  # here, not at the top: bench imports this module
-
+    handlers["env"] = add_env_command(sub)
     handlers["bench"] = add_bench_command(sub)
-    from .bench.ppd_profile import add_ppd_profile_command
-
     handlers["ppd-profile"] = add_ppd_profile_command(sub)
-    from .train.command import add_train_command
-
     handlers["train"] = add_train_command(sub)
     return parser, handlers
 

@@ -20,13 +20,14 @@ from .models.registry import DEFAULT_MODEL, REGISTRY
 _LOADED: dict[tuple[str, str], Model] = {}
 
 
-def get_model(model: str | Model, dtype: str | torch.dtype | None = None) -> Model:
-    """A loaded model, reusing one loaded earlier in this process for the same name and dtype."""
+def get_model(model: str | Model, dtype: str | torch.dtype | None = "auto",
+              device: str | torch.device = "auto") -> Model:
+    """A loaded model, reusing one loaded earlier in this process for the same name, dtype and device."""
     if isinstance(model, Model):
         return model
-    key = (model, str(dtype))
+    key = (model, str(dtype or "auto"), str(device or "auto"))
     if key not in _LOADED:
-        _LOADED[key] = load_model(model, dtype=dtype)
+        _LOADED[key] = load_model(model, dtype=dtype, device=device)
     return _LOADED[key]
 
 
@@ -73,8 +74,8 @@ def check_compatible(target: Model, draft: Model) -> None:
 
 def prepare(prompt: str | Messages | list[int], method: str, model: str | Model, draft: str | Model | None,
             max_new_tokens: int, sampling: Sampling, seed: int, stop: str | list[str] | None,
-            chat: bool | None, dtype: str | torch.dtype | None, options: dict[str, Any]
-            ) -> tuple[MethodSpec, DecodeContext, StopCondition]:
+            chat: bool | None, dtype: str | torch.dtype | None, options: dict[str, Any],
+            device: str | torch.device = "auto") -> tuple[MethodSpec, DecodeContext, StopCondition]:
     """Validate everything and load what is needed, before any decoding starts."""
     spec = get_method(method)
     method_options = spec.make_options(options)
@@ -85,7 +86,7 @@ def prepare(prompt: str | Messages | list[int], method: str, model: str | Model,
     stop_strings = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if any(not isinstance(s, str) or not s for s in stop_strings):
         raise TokenleapError("stop strings must be non-empty strings")
-    target = get_model(model, dtype)
+    target = get_model(model, dtype, device)
     draft_model = None
     if spec.needs_draft:
         if draft is None:
@@ -93,13 +94,13 @@ def prepare(prompt: str | Messages | list[int], method: str, model: str | Model,
             if default is None:
                 raise TokenleapError(f"method {method!r} needs a draft model: pass draft=... (--draft)")
             draft = default
-        draft_model = get_model(draft, dtype)
+        draft_model = get_model(draft, dtype, device)
         check_compatible(target, draft_model)
     prompt_ids = target.encode(prompt, chat=chat)
     if len(prompt_ids) >= target.max_context:
         raise TokenleapError(
             f"the prompt has {len(prompt_ids)} tokens; the model's context is {target.max_context}")
-    stats = DecodeStats(method=method, prompt_tokens=len(prompt_ids))
+    stats = DecodeStats(method=method, prompt_tokens=len(prompt_ids), **target.runtime())
     ctx = DecodeContext(target=target, draft=draft_model, prompt_ids=prompt_ids, sampling=sampling,
                         generator=torch.Generator().manual_seed(seed), stats=stats,
                         max_new_tokens=max_new_tokens, options=method_options)
@@ -145,17 +146,20 @@ def generate(prompt: str | Messages | list[int], method: str = "ar", model: str 
              draft: str | Model | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, stream: bool = False,
              stop: str | list[str] | None = None, chat: bool | None = None,
-             dtype: str | torch.dtype | None = None, **options: Any) -> GenerationResult | GenerationStream:
+             dtype: str | torch.dtype | None = "auto", device: str = "auto",
+             **options: Any) -> GenerationResult | GenerationStream:
     """Generate a continuation of `prompt` with a decoding method.
 
     prompt: text (the chat template is applied when the model has one, unless chat=False),
       chat messages, or token ids. method: "ar", "sps", ... (see tokenleap.METHODS); its options
-      (e.g. gamma=4) are keyword arguments. temperature=0 is greedy. With stream=True a
+      (e.g. gamma=4) are keyword arguments. temperature=0 is greedy. dtype ("auto": the fastest
+      this hardware computes natively) and device ("auto", "cpu", "cuda[:N]", "mps") apply when
+      `model`/`draft` are names rather than loaded `Model`s. With stream=True a
       GenerationStream is returned: iterate it for text pieces, then read `.result`.
     """
     sampling = Sampling(temperature, top_k, top_p)
     spec, ctx, stop_condition = prepare(prompt, method, model, draft, max_new_tokens, sampling, seed,
-                                        stop, chat, dtype, options)
+                                        stop, chat, dtype, options, device)
     pieces = run(spec, ctx, stop_condition)
     if stream:
         return GenerationStream(pieces)

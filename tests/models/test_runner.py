@@ -5,7 +5,8 @@ import torch
 
 import tokenleap
 from tokenleap.models.hf import HFRunner
-from tokenleap.models.llama import _pack, linear
+from tokenleap.models.hardware import cpu_caps
+from tokenleap.models.kernels import linear, pack
 
 SHAPES = [dict(vocab_size=32, seed=0), dict(vocab_size=40, seed=1, num_kv_heads=4, tie_word_embeddings=True)]
 
@@ -83,6 +84,12 @@ def test_reduced_head_gives_minus_inf_outside_the_subset(tiny):
     assert torch.isinf(part[..., outside]).all()
 
 
+needs_onednn_bf16 = pytest.mark.skipif(not cpu_caps().onednn_bf16,
+                                       reason="this CPU has no oneDNN bf16 kernels (needs AVX-512 or AVX-NE-CONVERT), "
+                                              "or TOKENLEAP_NO_NATIVE_BF16 is set")
+
+
+@needs_onednn_bf16
 @pytest.mark.parametrize("shape", [(1, 1, 64), (1, 7, 64), (3, 5, 64)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_packed_bf16_linear_is_bit_identical_to_f_linear(shape, with_bias):
@@ -90,19 +97,43 @@ def test_packed_bf16_linear_is_bit_identical_to_f_linear(shape, with_bias):
     w = torch.randn(96, 64, generator=g).bfloat16()
     b = torch.randn(96, generator=g).bfloat16() if with_bias else None
     x = torch.randn(*shape, generator=g).bfloat16()
-    packed = _pack(w)
-    assert packed.is_mkldnn == torch.backends.mkldnn.is_available()
+    packed = pack(w, "onednn")
+    assert packed.is_mkldnn
     assert torch.equal(linear(x, packed, b), torch.nn.functional.linear(x, w, b))
 
 
-def test_fp32_weights_are_not_packed(tiny):
-    runner = tiny(vocab_size=32, seed=0).runner
-    assert not runner.head_w.is_mkldnn and not runner.layers[0].qkv_w.is_mkldnn
+@pytest.mark.skipif(not cpu_caps().onednn, reason="torch is built without oneDNN")
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_packed_fp32_linear_is_close_to_f_linear(with_bias):
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(96, 64, generator=g), torch.randn(3, 5, 64, generator=g)
+    b = torch.randn(96, generator=g) if with_bias else None
+    assert torch.allclose(linear(x, pack(w, "onednn"), b), torch.nn.functional.linear(x, w, b), atol=1e-5)
 
 
-def test_bf16_lean_forward_matches_hf_forward(tiny_dir):
-    model = tokenleap.load_model(tiny_dir(vocab_size=32, seed=0), dtype="bf16")
-    assert model.runner.layers[0].gate_up_w.is_mkldnn == torch.backends.mkldnn.is_available()
+@pytest.mark.parametrize("layout", ["dense", "onednn"])
+@pytest.mark.parametrize("kwargs", SHAPES)
+def test_every_fp32_layout_matches_hf_forward(tiny_dir, layout, kwargs):
+    """Each layout the kernel choice may pick computes the model's own forward."""
+    if layout == "onednn" and not cpu_caps().onednn:
+        pytest.skip("torch is built without oneDNN")
+    model = tokenleap.load_model(tiny_dir(**kwargs), dtype="fp32", kernels_layout=layout)
+    assert model.runner.layout == layout and model.runtime()["kernels"] == layout
+    assert model.runner.layers[0].qkv_w.is_mkldnn == (layout == "onednn")
+    ids = torch.randint(0, kwargs["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref = model.hf_model(ids).logits
+    assert torch.allclose(model.runner.forward(model.runner.new_cache(1, 4), ids), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["dense", "onednn"])
+def test_bf16_lean_forward_matches_hf_forward(tiny_dir, layout):
+    """bf16 runs with every layout this CPU offers: dense anywhere (emulated without native bf16,
+    slowly, but it runs), oneDNN-packed where oneDNN has bf16 kernels."""
+    if layout == "onednn" and not cpu_caps().onednn_bf16:
+        pytest.skip("this CPU has no oneDNN bf16 kernels (or TOKENLEAP_NO_NATIVE_BF16 is set)")
+    model = tokenleap.load_model(tiny_dir(vocab_size=32, seed=0), dtype="bf16", kernels_layout=layout)
+    assert model.runner.layers[0].gate_up_w.is_mkldnn == (layout == "onednn")
     ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         ref = model.hf_model(ids).logits.float()

@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from openai import OpenAI
 
 
@@ -36,7 +37,9 @@ def test_serve_command(tiny_dir):
                 pass
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.2)
-        assert httpx.get(url + "/health").json()["default_method"] == "sps"
+        health = httpx.get(url + "/health").json()
+        assert health["default_method"] == "sps"
+        assert (health["device"], health["dtype"]) == ("cpu", "fp32") and health["kernels"] in ("dense", "onednn")
         with OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
             out = client.chat.completions.create(model=target, messages=[{"role": "user", "content": "w3 w4"}],
                                                  max_tokens=5, temperature=0)
@@ -50,4 +53,15 @@ def test_serve_command(tiny_dir):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+
+
+def test_serve_on_a_missing_device_is_a_one_line_error(tiny_dir):
+    import torch
+
+    if torch.cuda.device_count() > 3:
+        pytest.skip("this machine has the device")
+    out = subprocess.run([sys.executable, "-m", "tokenleap.cli", "serve", "--model", tiny_dir(vocab_size=32, seed=0),
+                          "--device", "cuda:3"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: device 'cuda:3'")
 

@@ -96,11 +96,11 @@ def test_training_rows_equal_a_pass_drafting_call(tiny):
     cuts = torch.tensor([5, 9, 16])
     with torch.no_grad():
         cache = DynamicCache(config=model.hf_model.config)
-        model.hf_model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model.hf_model(input_ids=ids, cache=cache, use_cache=True)
         positions = (cuts[:, None] - 1 + torch.arange(1, L + 1)[None]).reshape(1, -1)
         rows = model.hf_model(inputs_embeds=la.repeat(len(cuts), 1)[None],
                               attention_mask=lookahead_mask(n, cuts, L, torch.float32), position_ids=positions,
-                              past_key_values=cache, use_cache=True).logits[0]
+                              cache=cache, use_cache=True).logits[0]
     runner = model.runner
     for c, t in enumerate(cuts.tolist()):
         ref = runner.forward(runner.new_cache(), embeds=torch.cat([runner.embed(ids[:, :t]), la[None]], 1))[0, t:]

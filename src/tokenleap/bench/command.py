@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..cli import add_method_option_flags, add_sampling_flags, method_options
+from ..flags import add_method_option_flags, add_runtime_flags, add_sampling_flags, method_options
 from ..decoding.warping import Sampling
 from ..models.registry import DEFAULT_MODEL
 
@@ -47,7 +47,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Nam
     p.add_argument("--draft", default=None, help="draft model for sps, hf-assisted and other draft-based methods")
     p.add_argument("--max-new-tokens", "-n", type=int, default=128)
     add_sampling_flags(p)
-    p.add_argument("--dtype", default=None, help="bf16 (default on CPU), fp32 or fp16")
+    add_runtime_flags(p)
     p.add_argument("--repeats", type=int, default=1, help="passes over the prompts")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up generations per method")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
@@ -104,7 +104,7 @@ def run_from_args(args: argparse.Namespace, option_names: list[str]) -> int:
     out = args.out or Path("runs") / datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S")
     config = BenchConfig(methods=args.methods, prompts=args.prompts, out=out, model=args.model, draft=args.draft,
                          limit=args.limit, categories=args.categories, max_new_tokens=args.max_new_tokens,
-                         sampling=Sampling(args.temperature, args.top_k, args.top_p), dtype=args.dtype,
+                         sampling=Sampling(args.temperature, args.top_k, args.top_p), dtype=args.dtype, device=args.device,
                          repeats=args.repeats, seed=args.seed, options=options, sweep_gamma=args.sweep_gamma,
                          threads=args.threads, warmup=args.warmup, progress=not args.no_progress)
     unused = unused_options(plan_methods(config.methods, options, config.sweep_gamma), options)

@@ -30,6 +30,8 @@ from ..decoding.warping import Sampling
 from ..errors import TokenleapError
 from ..generation import check_compatible, generate, get_model
 from ..methods import METHODS
+from ..models.cost import forward_ms
+from ..models.hardware import cpu_caps, synchronize
 from ..models.loading import Model
 from ..models.registry import DEFAULT_MODEL, REGISTRY
 
@@ -89,7 +91,8 @@ class BenchConfig:
     categories: list[str] | None = None
     max_new_tokens: int = 128
     sampling: Sampling = field(default_factory=Sampling)
-    dtype: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
     repeats: int = 1
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # method options, e.g. {"gamma": 4}
@@ -105,7 +108,7 @@ class BenchConfig:
                  f"--temperature {self.sampling.temperature}", f"--top-k {self.sampling.top_k}",
                  f"--top-p {self.sampling.top_p}", f"--repeats {self.repeats}", f"--seed {self.seed}",
                  f"--warmup {self.warmup}", f"--out {self.out}"]
-        optional = {"--draft": self.draft, "--limit": self.limit, "--dtype": self.dtype,
+        optional = {"--draft": self.draft, "--limit": self.limit, "--dtype": self.dtype, "--device": self.device,
                     "--threads": self.threads,
                     "--categories": ",".join(self.categories) if self.categories else None,
                     "--sweep-gamma": ",".join(map(str, self.sweep_gamma)) if self.sweep_gamma else None}
@@ -353,7 +356,8 @@ def hf_generate(method: BenchMethod, target: Model, draft: Model | None, prompt_
         out = target.hf_model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     new = cut_at_eos(out[0, len(prompt_ids):].tolist(), target.eos_token_ids)
     stats = DecodeStats(method=method.name, prompt_tokens=len(prompt_ids), new_tokens=len(new),
-                        target_forwards=target_calls[0], draft_forwards=draft_calls[0])
+                        target_forwards=target_calls[0], draft_forwards=draft_calls[0],
+                        device=str(target.device), dtype=target.runtime()["dtype"], kernels="hf")
     if assistant is not None:
         # Every target forward commits one token of its own; the rest were accepted drafts.
         # HF does not expose how many drafts it proposed, so the acceptance rate stays unknown.
@@ -376,7 +380,7 @@ def generate_once(method: BenchMethod, target: Model, draft: Model | None, promp
 
 def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model, Model | None]:
     """Target, and the draft when some method needs one; each loaded once for the whole run."""
-    target = get_model(config.model, config.dtype)
+    target = get_model(config.model, config.dtype, config.device)
     if not any(m.needs_draft for m in methods):
         return target, None
     draft_name = config.draft
@@ -385,7 +389,7 @@ def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model,
         if draft_name is None:
             needing = next(m.name for m in methods if m.needs_draft)
             raise TokenleapError(f"method {needing!r} needs a draft model: pass --draft")
-    draft = get_model(draft_name, config.dtype)
+    draft = get_model(draft_name, config.dtype, config.device)
     check_compatible(target, draft)
     if draft is target and any(m.base == "hf-assisted" for m in methods):
         # One module as both models would merge the forward counts (and HF's assistant state).
@@ -409,6 +413,8 @@ def run_config(config: BenchConfig, target: Model, draft: Model | None, energy_s
 
     return {"command_line": config.command_line(), "model": target.name, "draft": draft.name if draft else None,
             "dtype": str(target.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+            "runtime": {**target.runtime(), "dtype_asked": str(config.dtype), "kernel_choice": target.kernels,
+                        "cpu": cpu_caps().to_dict()},
             "max_new_tokens": config.max_new_tokens, "sampling": dataclasses.asdict(config.sampling),
             "greedy": config.sampling.greedy, "repeats": config.repeats, "seed": config.seed,
             "prompts_file": str(config.prompts), "limit": config.limit, "categories": config.categories,
@@ -416,21 +422,6 @@ def run_config(config: BenchConfig, target: Model, draft: Model | None, energy_s
             "transformers": transformers.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info()}
-
-
-@torch.no_grad()
-def forward_ms(model: Model, context: int = 256, rounds: int = 30) -> float:
-    """Median milliseconds of one decoding forward (one new token after `context` cached ones),
-    the unit every method's cost is made of."""
-    cache = model.runner.new_cache(1, context + rounds + 8)
-    model.runner.forward(cache, torch.randint(0, model.runner.vocab_size, (1, context)))
-    token, times = torch.tensor([[1]]), []
-    for i in range(rounds + 5):
-        start = time.perf_counter()
-        model.runner.forward(cache, token, last_only=True)
-        if i >= 5:  # the first few are warm-up
-            times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
 
 
 def forward_costs(target: Model, draft: Model | None) -> dict[str, float]:
@@ -481,8 +472,8 @@ def pit_record(pit: list[float]) -> list[float | None]:
 
 def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, repeat: int, seed: int,
             run: Callable[[list[int], int], tuple[list[int], DecodeStats]], meter: EnergyMeter,
-            score: Callable[[list[int], list[int], int], tuple[float, list[float]]] | None = None
-            ) -> dict[str, Any]:
+            score: Callable[[list[int], list[int], int], tuple[float, list[float]]] | None = None,
+            device: torch.device | str = "cpu") -> dict[str, Any]:
     """One timed generation as a per_prompt record; any exception becomes the record's error.
     `score` (sampling runs: perplexity and the law check's PIT values) runs after the clock stops."""
     record: dict[str, Any] = {"question_id": prompt.question_id, "category": prompt.category,
@@ -493,8 +484,10 @@ def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, re
         record["error"] = prompt_ids
         return record
     try:
+        synchronize(device)
         energy0, start = meter.read(), time.perf_counter()
         token_ids, stats = run(prompt_ids, seed)
+        synchronize(device)  # queued device work belongs to this generation
         wall = time.perf_counter() - start
         record.update(tokens=len(token_ids), wall_s=wall, energy_j=meter.read() - energy0, token_ids=token_ids)
         stats.wall_s = wall  # the harness's clock, identical for every method
@@ -584,7 +577,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                         bar.update(task, description=f"{prompt.category}/{prompt.question_id} {m.name}")
                         recorder.add(measure(m, prompt, prompt_ids[prompt.index], repeat, seed,
                                              lambda ids, s, m=m: run_method(m, ids, s), meter,
-                                             None if config.sampling.greedy else score))
+                                             None if config.sampling.greedy else score, target.device))
                         bar.advance(task)
                     recorder.save()
         status = "complete"

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..flags import add_runtime_flags
 from ..models.registry import DEFAULT_MODEL
 
 KS = (1, 3, 5)
@@ -29,7 +30,7 @@ def add_ppd_profile_command(sub: argparse._SubParsersAction) -> Callable[[argpar
     p = sub.add_parser("ppd-profile", help="PPD early-exit match rates per layer (shared vs trained head) "
                                            "and the speedup they predict; markdown table + plot")
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, HF directory, .gguf or hub id")
-    p.add_argument("--dtype", default=None, help="bf16 (default on CPU), fp32 or fp16")
+    add_runtime_flags(p)
     p.add_argument("--prompts", type=Path, default=default_prompts_path(), help="Spec-Bench JSONL (dev half)")
     p.add_argument("--limit", type=int, default=5, help="prompts, taken round-robin over categories")
     p.add_argument("--max-new-tokens", "-n", type=int, default=64)
@@ -47,7 +48,7 @@ def cmd_ppd_profile(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = get_model(args.model, args.dtype)
+    model = get_model(args.model, args.dtype, args.device)
     heads = None if args.heads == "none" else artifact_for(model.name) if args.heads == "auto" else Path(args.heads)
     prompts = [p.text for p in load_prompts(args.prompts, args.limit)]
     result = profile(model, prompts, args.max_new_tokens, heads, args.candidates)

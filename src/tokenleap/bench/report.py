@@ -181,6 +181,18 @@ METRIC_HEADER = ["tok/s", "speedup", "mean acc. len", "acc. rate", "target fw/to
                  "exact match", "ppl", "law p", "J/tok", "failed"]
 
 
+def _runtime_line(cfg: dict[str, Any]) -> list[str]:
+    """Where the target ran and which of the machine's features it used (runs since the
+    hardware-adaptive runtime; older runs have no such record)."""
+    rt = cfg.get("runtime")
+    if not rt:
+        return []
+    cpu = rt.get("cpu", {})
+    return [f"- runtime: {rt['device']}, {rt['dtype']} (asked: {rt.get('dtype_asked', 'auto')}), kernels "
+            f"{rt['kernels']}; CPU isa {cpu.get('isa', '?')}, native bf16 {'yes' if cpu.get('native_bf16') else 'no'}"
+            + (" (forced off)" if cpu.get("forced_fallback") else "")]
+
+
 def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) -> str:
     cfg, summary = results["config"], results["summary"]
     lines = ["# tokenleap benchmark", "",
@@ -190,7 +202,7 @@ def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) ->
              f"sampling {cfg['sampling']}, repeats {cfg['repeats']}, seed {cfg['seed']}",
              f"- torch {cfg['torch']}, transformers {cfg['transformers']}, {cfg['date']}, "
              f"{cfg['machine']['cpu']} ({cfg['machine']['cpu_count']} CPUs)",
-             f"- energy: {cfg['energy_source']}", *_forward_cost_line(cfg), "", "## Overall", ""]
+             *_runtime_line(cfg), f"- energy: {cfg['energy_source']}", *_forward_cost_line(cfg), "", "## Overall", ""]
     lines += _table(["method"] + METRIC_HEADER, [[n] + _metric_cells(m) for n, m in summary.items()])
     lines += _versus_section(summary)
     lines += ["", "## Per category", ""]

@@ -21,6 +21,11 @@ class DecodeStats:
     wall_s: float = 0.0
     first_token_s: float | None = None
     extra: dict[str, float] = field(default_factory=dict)  # method-specific counters (e.g. PaSS drafting calls)
+    # Where the target ran: "cpu"/"cuda:0", "bf16"/"fp32"/"fp16", and its weight layout
+    # ("dense", "onednn"; "hf" for the transformers forward).
+    device: str = ""
+    dtype: str = ""
+    kernels: str = ""
 
     def record_round(self, proposed: int, accepted: int) -> None:
         """One verification round: `proposed` drafts offered, the first `accepted` kept."""
@@ -63,4 +68,5 @@ class DecodeStats:
         rate = "n/a" if self.acceptance_rate is None else f"{self.acceptance_rate:.2f}"
         return (f"{self.method}: {self.new_tokens} tokens in {self.wall_s:.2f}s ({self.tokens_per_s:.1f} tok/s), "
                 f"target forwards {self.target_forwards}, draft forwards {self.draft_forwards}, "
-                f"mean accepted length {self.mean_accepted_length:.2f}, acceptance rate {rate}")
+                f"mean accepted length {self.mean_accepted_length:.2f}, acceptance rate {rate}"
+                + (f" [{self.device} {self.dtype} {self.kernels}]" if self.dtype else ""))

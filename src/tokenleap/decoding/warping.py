@@ -99,7 +99,8 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     """One token id per row of `probs` ([..., V] -> [...])."""
     flat = probs.reshape(-1, probs.shape[-1])
     # Inverse-CDF sampling: one uniform per row, reproducible under a seeded generator.
-    u = torch.rand(flat.shape[0], 1, generator=generator, dtype=torch.float64)
+    # Uniforms come from the (CPU) generator on every device, so a seed means the same draws.
+    u = torch.rand(flat.shape[0], 1, generator=generator, dtype=torch.float64).to(flat.device)
     cdf = flat.double().cumsum(-1)
     ids = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=flat.shape[-1] - 1)
     # Never land on a zero-probability token through float round-off at a boundary.

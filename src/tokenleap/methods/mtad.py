@@ -55,7 +55,8 @@ def draw(scores: torch.Tensor, k: int, greedy: bool, replacement: bool, gen: tor
         return scores.topk(min(k, int((scores > 0).sum()))).indices
     if not replacement:
         k = min(k, int((scores > 0).sum()))
-    return torch.multinomial(scores, k, replacement=replacement, generator=gen)
+    # On the CPU: the generator is a CPU one on every device (same seed, same draws).
+    return torch.multinomial(scores.cpu(), k, replacement=replacement, generator=gen).to(scores.device)
 
 
 def beam_sample(ctx: DecodeContext, seq: list[int], cache: KVCache) -> Beams:

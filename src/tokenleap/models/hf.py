@@ -82,8 +82,9 @@ class HFRunner:
             attn_mask = additive_mask(visible, self.hf_model.dtype).to(self.device)
         if positions is None:
             positions = torch.arange(start, start + n, device=self.device)
+        positions = positions.to(self.device)
         out = self.hf_model(
-            input_ids=ids, inputs_embeds=embeds, past_key_values=cache.inner, use_cache=True,
+            input_ids=ids, inputs_embeds=embeds, cache=cache.inner, use_cache=True,
             position_ids=positions[None], cache_position=torch.arange(start, start + n, device=self.device),
             attention_mask=attn_mask,
             logits_to_keep=1 if last_only else 0)

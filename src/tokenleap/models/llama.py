@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..decoding.cache import StaticKVCache
+from .kernels import linear, pack
 
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 
@@ -41,29 +42,13 @@ class _Layer:
     down_w: torch.Tensor
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor:
-    """The weight pre-packed for oneDNN where that is exact, else the weight itself.
-
-    On CPU a bf16 F.linear re-lays-out its weight on every call; packing once up front
-    makes the decode step ~1.3x faster with bit-identical results (checked in
-    tests/models/test_runner.py). fp32 and fp16 stay on F.linear: there oneDNN's packed
-    kernel rounds differently, and fp32 is where we test exactness against HF.
-    """
-    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
-        return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-    return weight
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear that also takes a oneDNN-packed weight (see `_pack`)."""
-    if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
-
-
 class LlamaRunner:
-    def __init__(self, hf_model: torch.nn.Module, head_subset: list[int] | None = None) -> None:
+    def __init__(self, hf_model: torch.nn.Module, head_subset: list[int] | None = None,
+                 layout: str = "dense") -> None:
+        """layout: how the matmul weights are stored (`kernels.LAYOUTS`; `load_model` picks the
+        fastest measured one for the machine)."""
         cfg = hf_model.config
+        self.layout = layout
         inner = hf_model.model
         self.hf_model = hf_model
         self.num_layers = cfg.num_hidden_layers
@@ -83,12 +68,31 @@ class LlamaRunner:
             self.head_w = self.head_w[self.head_ids]
         self.dtype = self.head_w.dtype
         self.device = self.head_w.device
-        self.head_w = _pack(self.head_w)
+        self.head_w = pack(self.head_w, layout)
         self.layers = [self._fuse(layer) for layer in inner.layers]
         # cos/sin for every position up to the context, from the model's own rotary module
         # (so scaled RoPE variants come out right); extended on demand.
         self._rotary = inner.rotary_emb
         self._cos, self._sin = self._rope_table(max(2048, int(getattr(cfg, "max_position_embeddings", 2048))))
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        return pack(weight, self.layout)
+
+    def matrices(self) -> list[torch.Tensor]:
+        """Every matmul weight of a decoding forward, in the order a forward uses them."""
+        return [w for L in self.layers for w in (L.qkv_w, L.o_w, L.gate_up_w, L.down_w)] + [self.head_w]
+
+    def use_layout(self, layout: str) -> None:
+        """Re-store every matmul weight in `layout` (from the dense one it was built with)."""
+        if layout == self.layout:
+            return
+        if self.layout != "dense":
+            raise ValueError("use_layout converts from the dense layout only")
+        self.layout = layout
+        self.head_w = pack(self.head_w, layout)
+        for L in self.layers:
+            L.qkv_w, L.o_w = pack(L.qkv_w, layout), pack(L.o_w, layout)
+            L.gate_up_w, L.down_w = pack(L.gate_up_w, layout), pack(L.down_w, layout)
 
     @torch.no_grad()
     def _fuse(self, layer: torch.nn.Module) -> _Layer:
@@ -96,12 +100,12 @@ class LlamaRunner:
         biases = [p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
         return _Layer(
             attn_norm=layer.input_layernorm.weight,
-            qkv_w=_pack(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
+            qkv_w=self._pack(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
             qkv_b=torch.cat(biases) if biases[0] is not None else None,
-            o_w=_pack(a.o_proj.weight),
+            o_w=self._pack(a.o_proj.weight),
             mlp_norm=layer.post_attention_layernorm.weight,
-            gate_up_w=_pack(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
-            down_w=_pack(m.down_proj.weight),
+            gate_up_w=self._pack(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
+            down_w=self._pack(m.down_proj.weight),
         )
 
     @torch.no_grad()
@@ -184,6 +188,7 @@ class LlamaRunner:
         cache.reserve(start + n)
         if positions is None:
             positions = torch.arange(start, start + n, device=self.device)
+        positions = positions.to(self.device)
         cos, sin = self.rope(positions)
         mask = self.attention_mask(start, n, attn_mask)
         for i in layers if layers is not None else range(self.num_layers):

@@ -14,13 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..errors import TokenleapError
-from . import llama
+from . import kernels, llama
+from .hardware import dtype_name, resolve_device, resolve_dtype
 from .hf import HFRunner
 from .registry import REGISTRY, SUBSET_FILE, cache_home
 from .runner import Runner
-
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
-          "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
 
 Messages = list[dict[str, str]]
 
@@ -34,6 +32,7 @@ class Model:
     tokenizer: Any
     runner: Runner
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    kernels: dict[str, Any] = field(default_factory=dict)  # the weight layout and how it was chosen
 
     @property
     def config(self):
@@ -46,6 +45,16 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         return self.runner.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    def runtime(self) -> dict[str, str]:
+        """Where and how this model runs: what result stats, bench and the server report."""
+        layout = self.kernels.get("layout", "hf")
+        return {"device": str(self.device), "dtype": dtype_name(self.dtype),
+                "kernels": layout if isinstance(self.runner, llama.LlamaRunner) else "hf"}
 
     @functools.cached_property
     def vocab_fingerprint(self) -> str:
@@ -88,17 +97,6 @@ def _check_messages(messages: list) -> None:
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise TokenleapError("chat messages must be dicts with string 'role' and 'content'")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device == "cpu" else torch.float16
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[dtype.lower()]
-    except KeyError:
-        raise TokenleapError(f"unknown dtype {dtype!r}; use one of bf16, fp32, fp16") from None
 
 
 def gguf_checkpoint(gguf_path: Path) -> Path:
@@ -153,19 +151,26 @@ def locate(name_or_path: str) -> str:
     return name_or_path  # a hub id: transformers fetches it (or fails clearly when offline)
 
 
-def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device: str = "cpu",
-               runner: str = "auto") -> Model:
+def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", device: str | torch.device = "auto",
+               runner: str = "auto", kernels_layout: str = "auto") -> Model:
     """Load a causal LM by registry name, local HF directory, .gguf file or hub id.
 
-    dtype: bf16 (default on CPU), fp32 or fp16. runner: "lean" (Llama-family fast path),
-    "hf" (the model's own transformers forward) or "auto" (lean when supported)."""
+    dtype: "auto" (the fastest dtype this hardware computes natively: bf16 on CPUs with native
+    bf16, else fp32; bf16/fp16 on CUDA), bf16, fp32 or fp16. device: auto, cpu, cuda[:N], mps.
+    runner: "lean" (Llama-family fast path), "hf" (the model's own transformers forward) or
+    "auto" (lean when supported). kernels_layout: the lean runner's weight layout, "auto"
+    (measured once per machine and model shape, then cached) or one of `kernels.LAYOUTS`."""
     if runner not in ("auto", "lean", "hf"):
         raise TokenleapError(f"unknown runner {runner!r}; use auto, lean or hf")
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if kernels_layout != "auto" and kernels_layout not in kernels.available_layouts(torch_dtype, torch_device):
+        raise TokenleapError(f"kernel layout {kernels_layout!r} does not run here for {dtype_name(torch_dtype)} on "
+                             f"{torch_device}; available: {', '.join(kernels.available_layouts(torch_dtype, torch_device))}")
     source = locate(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(torch_device).eval()
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokenleapError(f"cannot load model {name_or_path!r}: {first}") from None
@@ -177,9 +182,16 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     subset_file = Path(source) / SUBSET_FILE
     head_subset = json.loads(subset_file.read_text()) if use_lean and subset_file.is_file() else None
     exec_runner: Runner = llama.LlamaRunner(hf_model, head_subset) if use_lean else HFRunner(hf_model)
+    choice: dict[str, Any] = {}
+    if use_lean:
+        if kernels_layout == "auto":
+            layout, choice = kernels.choose_layout(exec_runner.matrices(), torch_dtype, torch_device)
+        else:
+            layout, choice = kernels_layout, {"layout": kernels_layout, "measured": False, "reason": "asked for"}
+        exec_runner.use_layout(layout)
     eos = hf_model.generation_config.eos_token_id
     eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
     return Model(name=name_or_path, hf_model=hf_model, tokenizer=tokenizer, runner=exec_runner,
-                 eos_token_ids=frozenset(eos_ids))
+                 eos_token_ids=frozenset(eos_ids), kernels=choice)

@@ -601,7 +601,7 @@ def create_app(model: Model, draft: Model | None = None, default_method: str = "
     async def health() -> JSONResponse:
         return JSONResponse({"status": "ok", "model": model.name, "draft": draft.name if draft else None,
                              "default_method": default_method, "in_flight": server.engine.in_flight,
-                             "queue_size": server.engine.queue_size})
+                             "queue_size": server.engine.queue_size, **model.runtime()})
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -611,7 +611,7 @@ def create_app(model: Model, draft: Model | None = None, default_method: str = "
 
 
 def serve(model: str, draft: str | None = None, host: str = "127.0.0.1", port: int = 8000, method: str = "ar",
-          dtype: str | None = None, queue_size: int = 16, log_level: str = "info") -> None:
+          dtype: str | None = "auto", device: str = "auto", queue_size: int = 16, log_level: str = "info") -> None:
     """Load the models and run the server until interrupted (what `tokenleap serve` does)."""
     import uvicorn
 
@@ -621,20 +621,22 @@ def serve(model: str, draft: str | None = None, host: str = "127.0.0.1", port: i
     get_method(method)  # fail before loading anything
     if queue_size < 1:
         raise TokenleapError(f"--queue-size must be >= 1, got {queue_size}")
-    target = load_model(model, dtype=dtype)
+    target = load_model(model, dtype=dtype, device=device)
     draft_model = None
     if draft:
-        draft_model = load_model(draft, dtype=dtype)
+        draft_model = load_model(draft, dtype=dtype, device=device)
     elif model in REGISTRY and REGISTRY[model].default_draft:
         # The registry's draft is a convenience: without it the server still serves the
         # methods that need no draft.
         try:
-            draft_model = load_model(REGISTRY[model].default_draft, dtype=dtype)
+            draft_model = load_model(REGISTRY[model].default_draft, dtype=dtype, device=device)
             check_compatible(target, draft_model)
         except TokenleapError as exc:
             print(f"warning: serving without a draft model: {exc}", file=sys.stderr)
             draft_model = None
     app = create_app(target, draft_model, default_method=method, queue_size=queue_size)
-    print(f"serving {target.name} (draft: {draft_model.name if draft_model else 'none'}, default method: {method})"
+    runtime = target.runtime()
+    print(f"serving {target.name} on {runtime['device']} in {runtime['dtype']} ({runtime['kernels']} kernels; draft: "
+          f"{draft_model.name if draft_model else 'none'}, default method: {method})"
           f" on http://{host}:{port}", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -38,11 +38,18 @@ def add_train_command(sub) -> Callable[[argparse.Namespace], int]:
         config, _ = _trainer(kind)
         parser = kinds.add_parser(kind, help=help_text)
         parser.add_argument("--model", default=DEFAULT_MODEL, help="the target model")
-        parser.add_argument("--dtype", default="bf16", help="dtype the model runs in (data and training)")
+        parser.add_argument("--dtype", default="auto",
+                            help="dtype the model runs in (data and training); auto: the fastest this "
+                                 "hardware computes natively (bf16 with native bf16, else fp32)")
+        parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
         parser.add_argument("--export", default=None, help=export_help)
         parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
         for f in dataclasses.fields(config):
-            parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(f.default, bool):  # `type=bool` would read "False" as True
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            else:
+                parser.add_argument(flag, type=type(f.default), default=f.default)
     return run_train
 
 
@@ -59,6 +66,6 @@ def run_train(args: argparse.Namespace) -> int:
     config, trainer = _trainer(args.what)
     cfg = config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
     extra = ("tokenleap " + shlex.join(sys.argv[1:]),) if TRAINERS[args.what][5] else ()
-    metrics = trainer(get_model(args.model, args.dtype), cfg, args.export, *extra)
+    metrics = trainer(get_model(args.model, args.dtype, args.device), cfg, args.export, *extra)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -28,7 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsP
 
 from ..errors import TokenleapError
 from ..models.loading import Model
-from .common import load_checkpoint, progress, save_checkpoint, seed_everything
+from .common import load_checkpoint, mixed_precision, progress, save_checkpoint, seed_everything
 from .prompts import corpus_prompts, document_prompts, training_prompts
 
 SHARD_SIZE = 96
@@ -249,7 +249,7 @@ def evaluate(draft: LlamaForCausalLM, records: list[dict], subset, remap) -> tup
     draft.eval()
     losses, agrees = [], []
     for i in range(0, len(records), 8):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with mixed_precision(draft.device):
             loss, agree = distill_loss(draft, records[i:i + 8], subset, remap)
         losses.append(loss.item())
         agrees.append(agree)
@@ -295,7 +295,7 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
             for g in opt.param_groups:
                 g["lr"] = lr
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with mixed_precision(draft.device):
                 loss, agree = distill_loss(draft, [records[i] for i in next(stream)], subset, remap)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -99,13 +99,13 @@ def cut_loss(model: Model, la: torch.Tensor, record: dict, cuts: list[int], loss
     n_real, L = ids.shape[1], la.shape[0]
     with torch.no_grad():
         cache = DynamicCache(config=hf.config)
-        ref = hf(input_ids=ids, past_key_values=cache, use_cache=True).logits[0].float()
+        ref = hf(input_ids=ids, cache=cache, use_cache=True).logits[0].float()
     t = torch.tensor(cuts)
     depth = torch.arange(1, L + 1)
     positions = (t[:, None] - 1 + depth[None, :]).reshape(1, -1)  # LA_i takes x_(t+i)'s position
     embeds = la.to(hf.dtype).repeat(len(cuts), 1)[None]
     out = hf(inputs_embeds=embeds, attention_mask=lookahead_mask(n_real, t, L, hf.dtype),
-             position_ids=positions, past_key_values=cache, use_cache=True)
+             position_ids=positions, cache=cache, use_cache=True)
     logq = out.logits[0].float().log_softmax(-1)  # [C*L, V]
     # LA_i of cut t guesses x_(t+1+i) = ids[t+i]; the model's own law for it is row t+i-1.
     target_rows = (t[:, None] + depth[None, :] - 1).reshape(-1)
