@@ -22,6 +22,8 @@ import os
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -53,8 +55,10 @@ def pack(weight: torch.Tensor, layout: str) -> torch.Tensor:
     raise TokenleapError(f"unknown kernel layout {layout!r}; use one of {', '.join(LAYOUTS)}")
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear over a weight in any layout."""
+def linear(x: torch.Tensor, weight: "torch.Tensor | QuantWeight", bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear over a weight in any layout, quantized ones included."""
+    if isinstance(weight, QuantWeight):
+        return weight.linear(x, bias)
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -73,6 +77,91 @@ def batch_invariant(weights: list[torch.Tensor], rows: tuple[int, ...] = (2, 3, 
         if any(not torch.equal(linear(x[:m], w), alone[:m]) for m in rows):
             return False
     return True
+
+
+# ---- weight-only quantization ---------------------------------------------------------------
+#
+# Weights are stored in int8 (one scale per output channel) or int4 (groups of G input
+# columns, an asymmetric scale and minimum per group); activations stay in the model's dtype.
+# PyTorch's CPU kernels for both (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are
+# vectorised for bf16 activations on AVX2 and AVX-512 alike, so a quantized model runs bf16
+# activations on every CPU. Quantization changes the model's numbers: it is never an automatic
+# choice, only what the user asks for (`quant=`), and a quantized model is the target its
+# methods are exact against.
+
+QUANTS = ("none", "int8", "int4")
+INT4_GROUPS = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class QuantWeight:
+    """A [N, K] weight in int8 or int4, with what its kernel needs to compute x @ W^T."""
+
+    kind: str  # "int8" | "int4"
+    data: torch.Tensor  # int8 [N, K]; int4: the kernel's packed uint8
+    scales: torch.Tensor  # int8: [N]; int4: scales and zeros [K/G, N, 2]
+    group: int  # int4 group size (0 for int8)
+    shape: tuple[int, int]  # (N, K) of the original weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scales.dtype
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1]).to(self.scales.dtype)
+        if self.kind == "int8":
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.data, self.scales)
+        else:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.data, self.group, self.scales)
+        out = out.reshape(*lead, self.shape[0]).to(x.dtype)
+        return out if bias is None else out + bias
+
+    def dequantize(self) -> torch.Tensor:
+        """The [N, K] weight these codes stand for (to check quality, or for the HF forward)."""
+        eye = torch.eye(self.shape[1], dtype=self.scales.dtype, device=self.scales.device)
+        return self.linear(eye).t().contiguous()
+
+
+def parse_quant(quant: str | None) -> tuple[str, int]:
+    """"none" | "int8" | "int4" | "int4-g64" ... -> (kind, group); clear errors otherwise."""
+    name = (quant or "none").strip().lower()
+    kind, _, group = name.partition("-g")
+    if kind not in QUANTS or (group and kind != "int4"):
+        raise TokenleapError(f"unknown quantization {quant!r}; use none, int8 or int4 (int4-g32, int4-g64, int4-g128)")
+    if kind != "int4":
+        return kind, 0
+    size = int(group) if group.isdigit() else (32 if not group else -1)
+    if size not in INT4_GROUPS:
+        raise TokenleapError(f"int4 group size must be one of {', '.join(map(str, INT4_GROUPS))}, got {quant!r}")
+    return kind, size
+
+
+@torch.no_grad()
+def quantize(weight: torch.Tensor, kind: str, group: int = 0, act_dtype: torch.dtype = torch.bfloat16) -> QuantWeight:
+    """Quantize a [N, K] weight (symmetric int8 per output channel, or asymmetric int4 in groups
+    of `group` input columns). Scales are kept in `act_dtype`, as the kernels require."""
+    w = weight.detach().float()
+    n, k = w.shape
+    if kind == "int8":
+        scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+        codes = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8)
+        return QuantWeight("int8", codes, scale.to(act_dtype), 0, (n, k))
+    if k % group:
+        raise TokenleapError(f"int4 group size {group} does not divide a layer's {k} input columns; "
+                             f"use one of the sizes that divide it")
+    if weight.device.type != "cpu":
+        raise TokenleapError("int4 weights run on the CPU kernel only; use int8 or no quantization on this device")
+    g = w.reshape(n, k // group, group)
+    low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    codes = torch.round((g - low) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
+    # The kernel computes (q - 8) * scale + zero, so zero = low + 8 * scale.
+    scales_zeros = torch.cat([scale, low + 8 * scale], dim=-1).transpose(0, 1).contiguous()  # [K/G, N, 2]
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    return QuantWeight("int4", packed, scales_zeros.to(act_dtype), group, (n, k))
 
 
 # ---- the measured choice -----------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..decoding.cache import StaticKVCache
-from .kernels import linear, pack
+from .kernels import linear, pack, quantize
 
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 
@@ -44,11 +44,13 @@ class _Layer:
 
 class LlamaRunner:
     def __init__(self, hf_model: torch.nn.Module, head_subset: list[int] | None = None,
-                 layout: str = "dense") -> None:
+                 layout: str = "dense", dtype: torch.dtype | None = None) -> None:
         """layout: how the matmul weights are stored (`kernels.LAYOUTS`; `load_model` picks the
-        fastest measured one for the machine)."""
+        fastest measured one for the machine). dtype: activations, cache and norms (default: the
+        weights' dtype); another one makes copies of the small tensors (a quantized self-draft of
+        an fp32 target runs in bf16)."""
         cfg = hf_model.config
-        self.layout = layout
+        self.layout, self.quant = layout, ("none", 0)
         inner = hf_model.model
         self.hf_model = hf_model
         self.num_layers = cfg.num_hidden_layers
@@ -56,8 +58,9 @@ class LlamaRunner:
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
-        self.embed_w = inner.embed_tokens.weight
-        self.final_norm = inner.norm.weight
+        self.dtype = dtype or hf_model.lm_head.weight.dtype
+        self.embed_w = inner.embed_tokens.weight.to(self.dtype)
+        self.final_norm = inner.norm.weight.to(self.dtype)
         self.head_w = hf_model.lm_head.weight
         self.vocab_size = self.head_w.shape[0]
         # A reduced head (drafts): logits only for these ids, -inf elsewhere, so the model
@@ -66,9 +69,8 @@ class LlamaRunner:
         if head_subset is not None:
             self.head_ids = torch.tensor(head_subset, dtype=torch.long, device=self.head_w.device)
             self.head_w = self.head_w[self.head_ids]
-        self.dtype = self.head_w.dtype
         self.device = self.head_w.device
-        self.head_w = pack(self.head_w, layout)
+        self.head_w = self._pack(self.head_w)
         self.layers = [self._fuse(layer) for layer in inner.layers]
         # cos/sin for every position up to the context, from the model's own rotary module
         # (so scaled RoPE variants come out right); extended on demand.
@@ -76,34 +78,37 @@ class LlamaRunner:
         self._cos, self._sin = self._rope_table(max(2048, int(getattr(cfg, "max_position_embeddings", 2048))))
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        return pack(weight, self.layout)
+        if self.quant[0] != "none":
+            return quantize(weight, *self.quant, act_dtype=self.dtype)
+        return pack(weight.to(self.dtype), self.layout)
 
     def matrices(self) -> list[torch.Tensor]:
         """Every matmul weight of a decoding forward, in the order a forward uses them."""
         return [w for L in self.layers for w in (L.qkv_w, L.o_w, L.gate_up_w, L.down_w)] + [self.head_w]
 
-    def use_layout(self, layout: str) -> None:
-        """Re-store every matmul weight in `layout` (from the dense one it was built with)."""
-        if layout == self.layout:
+    def use_layout(self, layout: str, quant: tuple[str, int] = ("none", 0)) -> None:
+        """Re-store every matmul weight in `layout`, or quantized (`kernels.quantize`), from the
+        dense weights it was built with."""
+        if (layout, quant) == (self.layout, self.quant):
             return
-        if self.layout != "dense":
+        if self.layout != "dense" or self.quant[0] != "none":
             raise ValueError("use_layout converts from the dense layout only")
-        self.layout = layout
-        self.head_w = pack(self.head_w, layout)
+        self.layout, self.quant = (quant[0] if quant[0] != "none" else layout), quant
+        self.head_w = self._pack(self.head_w)
         for L in self.layers:
-            L.qkv_w, L.o_w = pack(L.qkv_w, layout), pack(L.o_w, layout)
-            L.gate_up_w, L.down_w = pack(L.gate_up_w, layout), pack(L.down_w, layout)
+            L.qkv_w, L.o_w = self._pack(L.qkv_w), self._pack(L.o_w)
+            L.gate_up_w, L.down_w = self._pack(L.gate_up_w), self._pack(L.down_w)
 
     @torch.no_grad()
     def _fuse(self, layer: torch.nn.Module) -> _Layer:
         a, m = layer.self_attn, layer.mlp
         biases = [p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
         return _Layer(
-            attn_norm=layer.input_layernorm.weight,
+            attn_norm=layer.input_layernorm.weight.to(self.dtype),
             qkv_w=self._pack(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
-            qkv_b=torch.cat(biases) if biases[0] is not None else None,
+            qkv_b=torch.cat(biases).to(self.dtype) if biases[0] is not None else None,
             o_w=self._pack(a.o_proj.weight),
-            mlp_norm=layer.post_attention_layernorm.weight,
+            mlp_norm=layer.post_attention_layernorm.weight.to(self.dtype),
             gate_up_w=self._pack(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
             down_w=self._pack(m.down_proj.weight),
         )

@@ -152,18 +152,26 @@ def locate(name_or_path: str) -> str:
 
 
 def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", device: str | torch.device = "auto",
-               runner: str = "auto", kernels_layout: str = "auto") -> Model:
+               runner: str = "auto", kernels_layout: str = "auto", quant: str = "none") -> Model:
     """Load a causal LM by registry name, local HF directory, .gguf file or hub id.
 
     dtype: "auto" (the fastest dtype this hardware computes natively: bf16 on CPUs with native
     bf16, else fp32; bf16/fp16 on CUDA), bf16, fp32 or fp16. device: auto, cpu, cuda[:N], mps.
     runner: "lean" (Llama-family fast path), "hf" (the model's own transformers forward) or
     "auto" (lean when supported). kernels_layout: the lean runner's weight layout, "auto"
-    (measured once per machine and model shape, then cached) or one of `kernels.LAYOUTS`."""
+    (measured once per machine and model shape, then cached) or one of `kernels.LAYOUTS`.
+    quant: "none", "int8" (per output channel) or "int4" / "int4-gG" (groups of G = 32, 64, 128
+    input columns): weight-only quantization of every matmul weight, the tied head included;
+    activations then run in bf16 by default on the CPU (what the quantized kernels are fast
+    with, natively or not)."""
     if runner not in ("auto", "lean", "hf"):
         raise TokenleapError(f"unknown runner {runner!r}; use auto, lean or hf")
+    quant_kind = kernels.parse_quant(quant)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    if quant_kind[0] != "none" and (dtype is None or dtype == "auto") and torch_device.type == "cpu":
+        torch_dtype = torch.bfloat16  # the quantized kernels are fast with bf16 activations on any CPU
+    else:
+        torch_dtype = resolve_dtype(dtype, torch_device)
     if kernels_layout != "auto" and kernels_layout not in kernels.available_layouts(torch_dtype, torch_device):
         raise TokenleapError(f"kernel layout {kernels_layout!r} does not run here for {dtype_name(torch_dtype)} on "
                              f"{torch_device}; available: {', '.join(kernels.available_layouts(torch_dtype, torch_device))}")
@@ -183,15 +191,51 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", devi
     head_subset = json.loads(subset_file.read_text()) if use_lean and subset_file.is_file() else None
     exec_runner: Runner = llama.LlamaRunner(hf_model, head_subset) if use_lean else HFRunner(hf_model)
     choice: dict[str, Any] = {}
-    if use_lean:
+    if quant_kind[0] != "none":
+        choice = {"layout": quant_kind[0], "quant": quant, "measured": False, "reason": "quant asked for"}
+        if use_lean:
+            exec_runner.use_layout("dense", quant_kind)
+        else:  # the transformers forward runs the numbers the quantized weights stand for
+            dequantize_in_place(hf_model, quant_kind)
+    elif use_lean:
         if kernels_layout == "auto":
             layout, choice = kernels.choose_layout(exec_runner.matrices(), torch_dtype, torch_device)
         else:
             layout, choice = kernels_layout, {"layout": kernels_layout, "measured": False, "reason": "asked for"}
         exec_runner.use_layout(layout)
+    name = name_or_path if quant_kind[0] == "none" else f"{name_or_path}@{quant}"
     eos = hf_model.generation_config.eos_token_id
     eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
-    return Model(name=name_or_path, hf_model=hf_model, tokenizer=tokenizer, runner=exec_runner,
+    return Model(name=name, hf_model=hf_model, tokenizer=tokenizer, runner=exec_runner,
                  eos_token_ids=frozenset(eos_ids), kernels=choice)
+
+
+@torch.no_grad()
+def dequantize_in_place(hf_model: torch.nn.Module, quant: tuple[str, int]) -> None:
+    """Replace every Linear weight of a transformers model by its quantize-dequantize round trip
+    (the HF runner's path for `quant=`: the quantized model's numbers, at full-precision speed)."""
+    for module in hf_model.modules():
+        if isinstance(module, torch.nn.Linear):
+            w = module.weight
+            module.weight = torch.nn.Parameter(kernels.quantize(w, *quant, act_dtype=w.dtype).dequantize(),
+                                               requires_grad=False)
+
+
+def self_draft(target: Model, quant: str) -> Model:
+    """A quantized view of the target's own weights as a draft (`draft="self:int8"`): same
+    tokenizer and module, its own lean runner with quantized matmuls and bf16 activations on the
+    CPU. No training; the target still judges every token, so lossless methods stay lossless."""
+    kind = kernels.parse_quant(quant)
+    if kind[0] == "none":
+        raise TokenleapError("a self-draft needs a quantization: self:int8, self:int4 or self:int4-gG")
+    if not llama.supports(target.hf_model):
+        raise TokenleapError(f"a self-draft needs the lean runner, which does not cover model type "
+                             f"{target.config.model_type!r}")
+    act = torch.bfloat16 if target.device.type == "cpu" else target.dtype
+    runner = llama.LlamaRunner(target.hf_model, dtype=act)
+    runner.use_layout("dense", kind)
+    return Model(name=f"self:{quant}", hf_model=target.hf_model, tokenizer=target.tokenizer, runner=runner,
+                 eos_token_ids=target.eos_token_ids,
+                 kernels={"layout": kind[0], "quant": quant, "measured": False, "reason": "self-draft"})
