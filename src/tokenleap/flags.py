@@ -6,26 +6,41 @@ them without importing the CLI itself (which imports them)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 from typing import Any
 
+from . import options
 from .methods import METHODS
 
 
+def add_option_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, kind: type,
+                    help: str, **kwargs: Any) -> None:
+    """A flag for option `name` (--beam-width for beam_width), read as the option's type. A bool
+    is a switch with a --no- form, since `type=bool` would read "False" as True."""
+    flag, help = "--" + name.replace("_", "-"), help.replace("%", "%%")  # argparse formats help with %
+    if kind is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help, **kwargs)
+    else:
+        parser.add_argument(flag, type=functools.partial(options.parse_text, kind), help=help,
+                            metavar=name.upper(), **kwargs)
+
+
 def add_method_option_flags(parser: argparse.ArgumentParser) -> list[str]:
-    """One flag per option of any method (e.g. --gamma); only flags the user sets are passed on."""
-    names: dict[str, type] = {}
+    """One flag per option of any method (e.g. --gamma); only flags the user sets are passed on.
+    An option several methods share (gamma: sps, mtad, mtad-tree) gets one flag, whose help
+    says what it means to each."""
+    users: dict[str, dict[type, list[str]]] = {}  # option -> options class -> methods taking it
     for spec in METHODS.values():
-        for f in dataclasses.fields(spec.options):
-            names.setdefault(f.name, type(f.default))
+        for name in options.names(spec.options):
+            users.setdefault(name, {}).setdefault(spec.options, []).append(spec.name)
     group = parser.add_argument_group("method options (each method takes its own)")
-    for name, kind in names.items():
-        flag = "--" + name.replace("_", "-")
-        if kind is bool:  # `type=bool` would read "False" as True: a switch with a --no- form instead
-            group.add_argument(flag, dest="opt_" + name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            group.add_argument(flag, dest="opt_" + name, type=kind, default=None)
-    return list(names)
+    for name, classes in users.items():
+        kinds = {options.kind(cls, name) for cls in classes}
+        if len(kinds) > 1:
+            raise TypeError(f"option {name!r} has a different type in different methods: one flag cannot read it")
+        help = "; ".join(f"{', '.join(methods)}: {options.help_text(cls, name)}" for cls, methods in classes.items())
+        add_option_flag(group, name, kinds.pop(), help, dest="opt_" + name, default=None)
+    return list(users)
 
 
 def method_options(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:

@@ -8,27 +8,13 @@ from typing import Any, Iterator
 
 import torch
 
-from .decoding.context import DecodeContext
 from .decoding.stats import DecodeStats
-from .decoding.stopping import StopCondition, TextStream
-from .decoding.warping import Sampling
-from .errors import TokenleapError
-from .methods import MethodSpec, get_method
-from .models.loading import Messages, Model, load_model
-from .models.registry import DEFAULT_MODEL, REGISTRY
+from .decoding.stopping import TextStream
+from .models.loading import Messages, Model
+from .models.registry import DEFAULT_MODEL
+from .planner import GenerationPlan, get_model, plan_generation
 
-_LOADED: dict[tuple[str, str], Model] = {}
-
-
-def get_model(model: str | Model, dtype: str | torch.dtype | None = "auto",
-              device: str | torch.device = "auto") -> Model:
-    """A loaded model, reusing one loaded earlier in this process for the same name, dtype and device."""
-    if isinstance(model, Model):
-        return model
-    key = (model, str(dtype or "auto"), str(device or "auto"))
-    if key not in _LOADED:
-        _LOADED[key] = load_model(model, dtype=dtype, device=device)
-    return _LOADED[key]
+__all__ = ["GenerationResult", "GenerationStream", "generate", "get_model", "run"]
 
 
 @dataclass
@@ -62,54 +48,10 @@ class GenerationStream:
         self._pieces.close()
 
 
-def check_compatible(target: Model, draft: Model) -> None:
-    """A draft must share the target's tokenizer: same vocabulary, same ids."""
-    if target.runner.vocab_size != draft.runner.vocab_size or target.vocab_fingerprint != draft.vocab_fingerprint:
-        raise TokenleapError(
-            f"draft {draft.name!r} does not share the target's vocabulary "
-            f"({draft.runner.vocab_size} vs {target.runner.vocab_size} logits, tokenizers differ)"
-            if target.runner.vocab_size != draft.runner.vocab_size else
-            f"draft {draft.name!r} has a different tokenizer from target {target.name!r}")
-
-
-def prepare(prompt: str | Messages | list[int], method: str, model: str | Model, draft: str | Model | None,
-            max_new_tokens: int, sampling: Sampling, seed: int, stop: str | list[str] | None,
-            chat: bool | None, dtype: str | torch.dtype | None, options: dict[str, Any],
-            device: str | torch.device = "auto") -> tuple[MethodSpec, DecodeContext, StopCondition]:
-    """Validate everything and load what is needed, before any decoding starts."""
-    spec = get_method(method)
-    method_options = spec.make_options(options)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
-        raise TokenleapError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not -(2 ** 63) <= seed < 2 ** 64:
-        raise TokenleapError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
-    stop_strings = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not isinstance(s, str) or not s for s in stop_strings):
-        raise TokenleapError("stop strings must be non-empty strings")
-    target = get_model(model, dtype, device)
-    draft_model = None
-    if spec.needs_draft:
-        if draft is None:
-            default = REGISTRY[target.name].default_draft if target.name in REGISTRY else None
-            if default is None:
-                raise TokenleapError(f"method {method!r} needs a draft model: pass draft=... (--draft)")
-            draft = default
-        draft_model = get_model(draft, dtype, device)
-        check_compatible(target, draft_model)
-    prompt_ids = target.encode(prompt, chat=chat)
-    if len(prompt_ids) >= target.max_context:
-        raise TokenleapError(
-            f"the prompt has {len(prompt_ids)} tokens; the model's context is {target.max_context}")
-    stats = DecodeStats(method=method, prompt_tokens=len(prompt_ids), **target.runtime())
-    ctx = DecodeContext(target=target, draft=draft_model, prompt_ids=prompt_ids, sampling=sampling,
-                        generator=torch.Generator().manual_seed(seed), stats=stats,
-                        max_new_tokens=max_new_tokens, options=method_options)
-    return spec, ctx, StopCondition(max_new_tokens, target.eos_token_ids, stop_strings)
-
-
-def run(spec: MethodSpec, ctx: DecodeContext, stop: StopCondition) -> Iterator[str | GenerationResult]:
-    """Drive a method: collect its blocks, stop exactly where the StopCondition says, stream text,
-    and finish with the GenerationResult."""
+def run(plan: GenerationPlan) -> Iterator[str | GenerationResult]:
+    """Drive a method: collect its blocks, stop exactly where the plan's StopCondition says,
+    stream text, and finish with the GenerationResult."""
+    spec, ctx, stop = plan.spec, plan.ctx, plan.stop
     target = ctx.target
     stream = TextStream(target.decode, stop.stop_strings)
     new_ids: list[int] = []
@@ -157,10 +99,10 @@ def generate(prompt: str | Messages | list[int], method: str = "ar", model: str 
       `model`/`draft` are names rather than loaded `Model`s. With stream=True a
       GenerationStream is returned: iterate it for text pieces, then read `.result`.
     """
-    sampling = Sampling(temperature, top_k, top_p)
-    spec, ctx, stop_condition = prepare(prompt, method, model, draft, max_new_tokens, sampling, seed,
-                                        stop, chat, dtype, options, device)
-    pieces = run(spec, ctx, stop_condition)
+    plan = plan_generation(prompt=prompt, method=method, model=model, draft=draft, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, chat=chat,
+                           dtype=dtype, device=device, options=options)
+    pieces = run(plan)
     if stream:
         return GenerationStream(pieces)
     result = None

@@ -158,7 +158,7 @@ def test_method_variants_run_one_method_with_several_option_sets(bench):
     (["--methods", "ar,sps@gamma"], "bad method variant 'sps@gamma'"),
     (["--methods", "ar,sps@beam_width=2"], "has no option 'beam_width'"),
     (["--methods", "ar,sps@gamma=0"], "gamma must be an integer >= 1"),
-    (["--methods", "ar,hf@gamma=2"], "takes no option 'gamma'"),
+    (["--methods", "ar,hf@gamma=2"], "has no option 'gamma'"),
     (["--methods", "sps"], "needs a draft model"),
     (["--methods", "hf-assisted"], "needs a draft model"),
     (["--methods", "ar", "--categories", "gamma"], "unknown category 'gamma'"),
@@ -264,7 +264,7 @@ def test_variant_values_take_the_type_of_the_option():
     assert parse_variant("pass@embeddings=2") == ("pass", {"embeddings": "2"})
     assert parse_variant("mtad@tau=1+gamma=3") == ("mtad", {"tau": 1, "gamma": 3})
     assert parse_variant("mtad@without_replacement=true") == ("mtad", {"without_replacement": True})
-    assert parse_variant("hf-assisted@num_assistant_tokens=5") == ("hf-assisted", {"num_assistant_tokens": 5})
+    assert parse_variant("hf-assisted@num_assistant_tokens=5") == ("hf-assisted", {"num_assistant_tokens": "5"})
 
 
 def _record(method, i, tokens, wall, ppl=None, error=None):

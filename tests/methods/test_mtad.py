@@ -1,5 +1,6 @@
 """MTAD's properties P1-P8 (shared/specs/mtad.md) on tiny-vocabulary random models."""
 
+import dataclasses
 import math
 
 import pytest
@@ -8,8 +9,8 @@ import torch
 import tokenleap
 from tokenleap import Sampling, TokenleapError
 from tokenleap.decoding.warping import warp
-from tokenleap.generation import prepare
 from tokenleap.methods.mtad import accepted_length, beam_tree, mtad_step, tree_step
+from tokenleap.planner import plan_generation
 from laws import chi_square_pvalue, draws, exact_law
 
 V = 8
@@ -24,8 +25,8 @@ def pair(tiny):
 
 
 def context(target, draft, sampling=SAMPLING, seed=0, **options):
-    spec, ctx, _ = prepare("w2 w3", "mtad", target, draft, 64, sampling, seed, None, None, None, options)
-    return ctx
+    return plan_generation(prompt="w2 w3", method="mtad", model=target, draft=draft, max_new_tokens=64, seed=seed,
+                           options=options, **dataclasses.asdict(sampling)).ctx
 
 
 def warped_probs(model, ids, sampling):

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 import tokenleap
 from tokenleap import Sampling, TokenleapError
-from tokenleap.generation import prepare
 from tokenleap.methods import pass_
+from tokenleap.planner import plan_generation
 from laws import chi_square_pvalue, draws, exact_law
 from reference import hf_greedy
 
@@ -94,7 +94,9 @@ def run_traced(model, prompt, n, sampling=Sampling(), seed=0, **opts):
             return inner.forward(*args, **kwargs)
 
     counted = dataclasses.replace(model, runner=Counting())
-    spec, ctx, _ = prepare(prompt, "pass", counted, None, n, sampling, seed, None, None, None, opts)
+    plan = plan_generation(prompt=prompt, method="pass", model=counted, max_new_tokens=n, seed=seed, options=opts,
+                           **dataclasses.asdict(sampling))
+    spec, ctx = plan.spec, plan.ctx
     caches = []
     ctx.new_cache = lambda m, **kw: caches.append(inner.new_cache(1, 8)) or caches[-1]  # small: must grow
     trace = []
@@ -263,7 +265,7 @@ def test_embedding_specs(tiny, tmp_path):
     ({"embeddings": "/no/such/la.safetensors"}, "not found"),
     ({"scheme": "one_call"}, "unknown scheme 'one_call'; use one of one-call, two-call, merged"),
     ({"scheme": 2}, "must be str"),
-    ({"candidates": -1}, r"candidates must be an integer >= 1 \(or 0 for auto\)"),
+    ({"candidates": -1}, r"candidates must be an integer >= 0"),
     ({"candidates": 3, "scheme": "two-call"}, "candidates > 1 needs scheme one-call"),
     ({"candidates": 2, "scheme": "merged"}, "candidates > 1 needs scheme one-call"),
 ])

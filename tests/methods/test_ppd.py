@@ -13,9 +13,8 @@ import torch
 import tokenleap
 from reference import hf_greedy
 from tokenleap.cli import main as cli_main
-from tokenleap.generation import prepare
-from tokenleap.decoding.warping import Sampling
 from tokenleap.methods import ppd
+from tokenleap.planner import plan_generation
 
 LAYERS = 6  # so that d < l/2 (1, 2), d = l/2 (3) and d > l/2 (4, 5) all exist
 PROMPTS = ["w2 w3 w4", "w5", "w7 w8 w9 w10 w11 w12 w13"]
@@ -23,7 +22,8 @@ PROMPTS = ["w2 w3 w4", "w5", "w7 w8 w9 w10 w11 w12 w13"]
 
 def pipeline(model, prompt, n, **options):
     """A PPD pipeline run to the end by hand, so that its cache and counters can be inspected."""
-    _, ctx, _ = prepare(prompt, "ppd", model, None, n, Sampling(), 0, None, None, None, options)
+    ctx = plan_generation(prompt=prompt, method="ppd", model=model, max_new_tokens=n, temperature=0.0, top_k=0,
+                          top_p=1.0, seed=0, options=options).ctx
     pipe = ppd.Pipeline(ctx)
     tokens = list(pipe.tokens())
     pipe.close()

@@ -70,5 +70,5 @@ def test_stop_below_ends_drafting_at_an_unsure_draft(tiny):
                                stop_below=0.5)
     assert early.token_ids == full.token_ids  # greedy either way
     assert early.stats.proposed < full.stats.proposed and early.stats.iterations >= full.stats.iterations
-    with pytest.raises(tokenleap.TokenleapError, match="stop_below must be in"):
+    with pytest.raises(tokenleap.TokenleapError, match=r"stop_below must be a number in \[0, 1\)"):
         tokenleap.generate("w2", method="sps", model=target, draft=draft, stop_below=1.0)

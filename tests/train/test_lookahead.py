@@ -137,4 +137,4 @@ def test_cli_trains_and_exports(tiny_dir, tmp_path):
     assert load_file(str(tmp_path / "art" / "lookahead.safetensors"))["lookahead"].shape == (2, 64)
     bad = subprocess.run([sys.executable, "-m", "tokenleap.cli", "train", "lookahead", "--model", path,
                           "--loss", "mse", "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: loss must be kl or ce")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown loss 'mse'; use one of kl, ce")

@@ -12,6 +12,10 @@ from ..flags import add_method_option_flags, add_runtime_flags, add_sampling_fla
 from ..decoding.warping import Sampling
 from ..models.registry import DEFAULT_MODEL
 
+# The project's Spec-Bench dev prompts, beside the repository (run from its root). Only the
+# command lines default to it: the harness itself takes a path.
+DEFAULT_PROMPTS = Path("../shared/data/spec_bench_dev.jsonl")
+
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
@@ -30,12 +34,12 @@ def _int_list(text: str) -> list[int]:
 def add_bench_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     """Register the `bench` subcommand; returns its handler."""
     from ..methods import METHODS
-    from .harness import HF_METHODS, default_prompts_path
+    from .harness import HF_METHODS
 
     p = sub.add_parser("bench", help="benchmark decoding methods on Spec-Bench prompts",
                        description="Benchmark decoding methods on Spec-Bench prompts; writes results.json, "
                                    "report.md and plots to --out. With --compare, compare two result files.")
-    p.add_argument("--prompts", type=Path, default=default_prompts_path(),
+    p.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS,
                    help="Spec-Bench JSONL (question_id, category, turns) (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="at most N prompts, taken round-robin over categories")
     p.add_argument("--categories", type=_csv, default=None, help="only these categories (comma-separated)")

@@ -28,25 +28,24 @@ from ..decoding.quality import score_continuation
 from ..decoding.stats import DecodeStats
 from ..decoding.warping import Sampling
 from ..errors import TokenleapError
-from ..generation import check_compatible, generate, get_model
+from ..generation import generate
 from ..methods import METHODS
+from ..methods.sps import SPSOptions
 from ..models.cost import forward_ms
 from ..models.hardware import cpu_caps, synchronize
 from ..models.loading import Model
-from ..models.registry import DEFAULT_MODEL, REGISTRY
+from ..models.registry import DEFAULT_MODEL
+from ..options import check_known, check_value, kind, names, parse_text
+from ..planner import encode_prompt, get_model, load_draft, require_draft
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-# Anchors outside tokenleap: Hugging Face's own loops, and which of our options they take.
+# Anchors outside tokenleap: Hugging Face's own loops, and which of our options they take. An
+# option means for them what it means for sps (gamma: draft tokens per round), by the same rules.
 HF_METHODS: dict[str, tuple[str, ...]] = {"hf": (), "hf-assisted": ("gamma",)}
+HF_OPTIONS = SPSOptions
 WARMUP_TOKENS = 16
-
-
-def default_prompts_path() -> Path:
-    """../shared/data/spec_bench_dev.jsonl next to the repository this package is checked out in."""
-    repo_root = Path(__file__).resolve().parents[3]
-    return repo_root.parent / "shared" / "data" / "spec_bench_dev.jsonl"
 
 
 @dataclass
@@ -83,7 +82,7 @@ class BenchMethod:
 @dataclass
 class BenchConfig:
     methods: list[str]
-    prompts: Path = field(default_factory=default_prompts_path)
+    prompts: Path  # Spec-Bench JSONL (the command line's default: ../shared/data/spec_bench_dev.jsonl)
     out: Path = Path("runs/bench")
     model: str = DEFAULT_MODEL
     draft: str | None = None
@@ -178,7 +177,12 @@ def _round_robin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def accepted_options(base: str) -> tuple[str, ...]:
     if base in HF_METHODS:
         return HF_METHODS[base]
-    return tuple(f.name for f in dataclasses.fields(METHODS[base].options))
+    return names(METHODS[base].options)
+
+
+def options_schema(base: str) -> type | None:
+    """The options class that declares a method's options (None for an unknown method)."""
+    return HF_OPTIONS if base in HF_METHODS else METHODS[base].options if base in METHODS else None
 
 
 def parse_variant(entry: str) -> tuple[str, dict[str, Any]]:
@@ -192,30 +196,10 @@ def parse_variant(entry: str) -> tuple[str, dict[str, Any]]:
             raise TokenleapError(f"bad method variant {entry!r}: options are key=value joined by '+' "
                                  "(e.g. pass@lookahead=2+embeddings=zero)")
         key = key.replace("-", "_")
-        options[key] = _option_value(text, _option_type(name, key))
+        schema = options_schema(name)
+        # An option the method does not take (a typo, an unknown method) stays text: refused later.
+        options[key] = parse_text(kind(schema, key) if schema and key in accepted_options(name) else None, text)
     return name, options
-
-
-def _option_type(method: str, key: str) -> type | None:
-    """The type of a method option's default (None when unknown: HF methods, typos)."""
-    if method not in METHODS:
-        return None
-    return next((type(f.default) for f in dataclasses.fields(METHODS[method].options) if f.name == key), None)
-
-
-def _option_value(text: str, kind: type | None = None) -> Any:
-    """The value of `key=text`: a string option keeps the text as is (a path may look like a
-    number); otherwise true/false, an int or a float when the text is one."""
-    if kind is str:
-        return text
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[int] | None = None) -> list[BenchMethod]:
@@ -230,8 +214,7 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
         if name not in available:
             raise TokenleapError(f"unknown method {name!r}; available: {', '.join(available)}")
         takes = accepted_options(name)
-        if name in HF_METHODS and set(variant) - set(takes):
-            raise TokenleapError(f"method {name!r} takes no option {sorted(set(variant) - set(takes))[0]!r}")
+        check_known(variant, takes, owner=f"method {name!r}")
         own = {**{k: v for k, v in options.items() if k in takes}, **variant}
         needs_draft = name == "hf-assisted" or (name in METHODS and METHODS[name].needs_draft)
         lossless = name in HF_METHODS or METHODS[name].lossless
@@ -242,11 +225,11 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
             planned.append(BenchMethod(label, name, opts, needs_draft, lossless))
     if sweep_gamma and not any("@g=" in m.name for m in planned):
         raise TokenleapError("--sweep-gamma needs a method with a gamma option among --methods (e.g. sps)")
-    for m in planned:
-        if not m.is_hf:
-            METHODS[m.base].make_options(m.options)  # bad option values fail now, not mid-run
-        elif m.options.get("gamma") is not None and m.options["gamma"] < 1:
-            raise TokenleapError(f"gamma must be an integer >= 1, got {m.options['gamma']}")
+    for m in planned:  # bad option values fail now, not mid-run
+        if m.is_hf:
+            m.options = {k: check_value(HF_OPTIONS, k, v, owner=f"method {m.base!r}") for k, v in m.options.items()}
+        else:
+            METHODS[m.base].make_options(m.options)
     return planned
 
 
@@ -381,16 +364,10 @@ def generate_once(method: BenchMethod, target: Model, draft: Model | None, promp
 def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model, Model | None]:
     """Target, and the draft when some method needs one; each loaded once for the whole run."""
     target = get_model(config.model, config.dtype, config.device)
-    if not any(m.needs_draft for m in methods):
+    needing = next((m.name for m in methods if m.needs_draft), None)
+    if needing is None:
         return target, None
-    draft_name = config.draft
-    if draft_name is None:
-        draft_name = REGISTRY[target.name].default_draft if target.name in REGISTRY else None
-        if draft_name is None:
-            needing = next(m.name for m in methods if m.needs_draft)
-            raise TokenleapError(f"method {needing!r} needs a draft model: pass --draft")
-    draft = get_model(draft_name, config.dtype, config.device)
-    check_compatible(target, draft)
+    draft = require_draft(needing, load_draft(target, config.draft, dtype=config.dtype, device=config.device))
     if draft is target and any(m.base == "hf-assisted" for m in methods):
         # One module as both models would merge the forward counts (and HF's assistant state).
         raise TokenleapError("hf-assisted needs a draft distinct from the target (pass a copy's path as --draft)")
@@ -505,13 +482,9 @@ def encode_prompts(target: Model, prompts: list[Prompt]) -> dict[int, list[int] 
     ids: dict[int, list[int] | str] = {}
     for p in prompts:
         try:
-            ids[p.index] = target.encode(p.text)
+            ids[p.index] = encode_prompt(target, p.text)
         except TokenleapError as exc:
             ids[p.index] = f"TokenleapError: {exc}"
-            continue
-        n = len(ids[p.index])
-        if n >= target.max_context:
-            ids[p.index] = f"TokenleapError: the prompt has {n} tokens; the context is {target.max_context}"
     return ids
 
 

@@ -25,13 +25,13 @@ KS = (1, 3, 5)
 
 
 def add_ppd_profile_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
-    from .harness import default_prompts_path
+    from .command import DEFAULT_PROMPTS
 
     p = sub.add_parser("ppd-profile", help="PPD early-exit match rates per layer (shared vs trained head) "
                                            "and the speedup they predict; markdown table + plot")
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, HF directory, .gguf or hub id")
     add_runtime_flags(p)
-    p.add_argument("--prompts", type=Path, default=default_prompts_path(), help="Spec-Bench JSONL (dev half)")
+    p.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="Spec-Bench JSONL (dev half)")
     p.add_argument("--limit", type=int, default=5, help="prompts, taken round-robin over categories")
     p.add_argument("--max-new-tokens", "-n", type=int, default=64)
     p.add_argument("--heads", default="auto", help="trained heads: auto (committed for the model), none, or a path")

@@ -7,11 +7,11 @@ never need to know about stopping beyond not wasting work past `ctx.room(...)`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..errors import TokenleapError
+from ..options import build
 from . import ar, mtad, pass_, ppd, sps
 
 
@@ -19,31 +19,14 @@ from . import ar, mtad, pass_, ppd, sps
 class MethodSpec:
     name: str
     decode: Callable[..., Iterator[list[int]]]
-    options: type
+    options: type  # its options dataclass (see tokenleap.options)
     needs_draft: bool
     lossless: bool  # output law equals the target's (greedy output equals greedy AR)
     description: str
 
     def make_options(self, values: dict[str, Any]) -> Any:
-        """The method's options from keyword values; unknown or ill-typed ones are errors."""
-        fields = {f.name: f for f in dataclasses.fields(self.options)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            accepted = ", ".join(sorted(fields)) or "none"
-            raise TokenleapError(f"method {self.name!r} has no option {unknown[0]!r} (its options: {accepted})")
-        converted = {}
-        for key, value in values.items():
-            kind = type(fields[key].default)
-            if kind is int and isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise TokenleapError(f"option {key!r} of method {self.name!r} must be {kind.__name__}, got {value!r}")
-            converted[key] = value
-        options = self.options(**converted)
-        options.validate()
-        return options
+        """The method's options from keyword values; unknown, ill-typed or out-of-range ones are errors."""
+        return build(self.options, values, owner=f"method {self.name!r}")
 
 
 METHODS: dict[str, MethodSpec] = {

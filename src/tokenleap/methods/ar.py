@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..decoding.context import DecodeContext, decode_one_token
+from ..options import Options
 
 
 @dataclass
-class AROptions:
-    def validate(self) -> None:
-        pass
+class AROptions(Options):
+    """No options."""
 
 
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:

@@ -18,23 +18,15 @@ import torch
 from ..decoding.cache import KVCache
 from ..decoding.context import DecodeContext, decode_one_token, uncached
 from ..decoding.warping import sample, warp
-from ..errors import TokenleapError
+from ..options import Options, option
 
 
 @dataclass
-class MTADOptions:
-    gamma: int = 4  # block length drafted per round
-    beam_width: int = 4  # W beams
-    tau: float = 0.5  # acceptance threshold on P/Q
-    without_replacement: bool = False  # draw the W beams without replacement
-
-    def validate(self) -> None:
-        if not isinstance(self.gamma, int) or self.gamma < 2:
-            raise TokenleapError(f"gamma must be an integer >= 2 for mtad, got {self.gamma}")
-        if not isinstance(self.beam_width, int) or self.beam_width < 1:
-            raise TokenleapError(f"beam_width must be an integer >= 1, got {self.beam_width}")
-        if not self.tau > 0:  # also rejects NaN
-            raise TokenleapError(f"tau must be > 0, got {self.tau}")
+class MTADOptions(Options):
+    gamma: int = option(4, "block length drafted per round", minimum=2)
+    beam_width: int = option(4, "W, the beams drawn per draft step", minimum=1)
+    tau: float = option(0.5, "acceptance threshold on the joint likelihood ratio P/Q", above=0)
+    without_replacement: bool = option(False, "draw the W beams without replacement")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from ..decoding.warping import next_token, pick, sample, warp
 from ..errors import TokenleapError
 from ..models.loading import Model
 from ..models.registry import ARTIFACTS, REGISTRY
+from ..options import Options, option
 from .sps import accept_drafts
 
 INITS = ("mean", "zero", "random")  # untrained embeddings; "mean" is the paper's starting point
@@ -45,20 +46,16 @@ AUTO_CANDIDATES = 3
 
 
 @dataclass
-class PaSSOptions:
+class PaSSOptions(Options):
     # Defaults: the fastest lossless setting measured on the default model (README, PaSS).
-    lookahead: int = 1  # L: lookahead tokens, i.e. drafts per iteration
-    scheme: str = "one-call"  # one of SCHEMES (see the module docstring)
-    candidates: int = 0  # one-call: guesses verified for the next position; 0 = auto
-    embeddings: str = "auto"  # auto | mean | zero | random | path/to/lookahead.safetensors
+    lookahead: int = option(1, "L, lookahead tokens: drafts per iteration", minimum=1)
+    scheme: str = option("one-call", "how the drafting and validation calls are arranged",
+                         choices=SCHEMES)
+    candidates: int = option(0, "one-call: guesses verified for the next position; 0 = auto", minimum=0)
+    embeddings: str = option("auto", "lookahead embeddings: auto, mean, zero, random or a path to a "
+                                     "lookahead .safetensors file")
 
-    def validate(self) -> None:
-        if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 1:
-            raise TokenleapError(f"lookahead must be an integer >= 1, got {self.lookahead}")
-        if self.scheme not in SCHEMES:
-            raise TokenleapError(f"unknown scheme {self.scheme!r}; use one of {', '.join(SCHEMES)}")
-        if not isinstance(self.candidates, int) or isinstance(self.candidates, bool) or self.candidates < 0:
-            raise TokenleapError(f"candidates must be an integer >= 1 (or 0 for auto), got {self.candidates}")
+    def check(self) -> None:
         if self.candidates > 1 and self.scheme != "one-call":
             raise TokenleapError("candidates > 1 needs scheme one-call (a tree of drafts is verified in one call)")
         check_embeddings_spec(self.embeddings, ("auto",) + INITS)

@@ -50,24 +50,22 @@ from ..errors import TokenleapError
 from ..models.early_exit import artifact_for, load_heads
 from ..models.llama import LlamaRunner
 from ..models.loading import Model
+from ..options import Options, option
 
 
 @dataclass
-class PPDOptions:
-    exit_layer: int = 0  # d, 1 <= d < l; 0 = the trained heads' default layer, else ceil(l/2)
-    candidates: int = 3  # k: branch rows per token
-    head: str = "auto"  # auto (trained if committed for the model, else shared) | shared | trained | path
-    workers: int = 2  # 2 = main and branch on two threads; 1 = the same work one after the other
-    simulate: bool = False  # also report the tick simulator's latency (layer units) beside the measured one
-    head_cost: float = -1.0  # h for the simulator, in layer units; -1 = from the head's size
+class PPDOptions(Options):
+    exit_layer: int = option(0, "d, the exit layer (1 <= d < l); 0 = the trained heads' default layer, "
+                                "else ceil(l/2)", minimum=0)
+    candidates: int = option(3, "k, branch rows per token", minimum=1, maximum=32)
+    head: str = option("auto", "early-exit head: auto (trained if committed for the model, else shared), "
+                               "shared, trained or a path to trained heads")
+    workers: int = option(2, "2 = main and branch on two threads; 1 = the same work one after the other",
+                          minimum=1, maximum=2)
+    simulate: bool = option(False, "also report the tick simulator's latency (layer units) beside the measured one")
+    head_cost: float = option(-1.0, "h for the simulator, in layer units; -1 = from the head's size")
 
-    def validate(self) -> None:
-        if self.exit_layer < 0:
-            raise TokenleapError(f"exit_layer must be >= 1 (0 = default), got {self.exit_layer}")
-        if not 1 <= self.candidates <= 32:
-            raise TokenleapError(f"candidates must be in 1..32, got {self.candidates}")
-        if self.workers not in (1, 2):
-            raise TokenleapError(f"workers must be 1 (sequential) or 2 (parallel), got {self.workers}")
+    def check(self) -> None:  # head_cost: -1, or any h >= 0
         if self.head_cost < 0 and self.head_cost != -1:
             raise TokenleapError(f"head_cost must be >= 0 (or -1 = estimate), got {self.head_cost}")
         if not self.head:

@@ -18,22 +18,16 @@ import torch
 from ..decoding.cache import KVCache
 from ..decoding.context import DecodeContext, decode_one_token, uncached
 from ..decoding.warping import pick, sample, warp
-from ..errors import TokenleapError
+from ..options import Options, option
 
 
 @dataclass
-class SPSOptions:
-    gamma: int = 4  # draft tokens per round (at most)
-    # Stop a round's drafting early once the draft gives its own proposal less than this
-    # probability (0: always draft gamma). Still lossless: when to stop depends on the draft alone.
-    # (HF's assisted generation calls it assistant_confidence_threshold.)
-    stop_below: float = 0.0
-
-    def validate(self) -> None:
-        if not isinstance(self.gamma, int) or self.gamma < 1:
-            raise TokenleapError(f"gamma must be an integer >= 1, got {self.gamma}")
-        if not 0.0 <= self.stop_below < 1.0:
-            raise TokenleapError(f"stop_below must be in [0, 1), got {self.stop_below}")
+class SPSOptions(Options):
+    gamma: int = option(4, "draft tokens per round (at most)", minimum=1)
+    # Still lossless: when to stop depends on the draft alone. (HF's assisted generation
+    # calls it assistant_confidence_threshold.)
+    stop_below: float = option(0.0, "end a round's drafting once the draft gives its own proposal less than "
+                                    "this probability; 0 = always draft gamma", minimum=0, below=1)
 
 
 def draft_tokens(ctx: DecodeContext, seq: list[int], cache: KVCache, n: int,

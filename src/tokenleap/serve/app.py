@@ -1,7 +1,7 @@
 """An OpenAI-compatible HTTP server over `tokenleap` decoding methods.
 
 One loaded target (and optional draft) serves every request. Requests are validated on
-arrival (by the library's own checks: `prepare`, `Sampling`, the methods' options), then
+arrival, by the planner `generate` and the bench use too (`plan_generation`), then
 admitted to a bounded queue: a single worker thread runs generations one at a time, so the
 torch work never runs on the event loop. A full queue answers 429. A streaming client that
 goes away cancels its generation: the worker closes the generator and frees the slot.
@@ -32,19 +32,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..decoding.context import DecodeContext
-from ..decoding.stopping import StopCondition
-from ..decoding.warping import Sampling
 from ..errors import TokenleapError
-from ..generation import GenerationResult, check_compatible, prepare, run
-from ..methods import METHODS, MethodSpec, get_method
+from ..generation import GenerationResult, run
+from ..methods import METHODS, get_method
 from ..models.loading import Model
+from ..planner import GenerationPlan, check_compatible, get_model, load_draft, plan_generation, require_draft
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("tokenleap.serve")
 
-SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed takes
 POLL_DISCONNECT_S = 0.25  # how often a non-streaming request checks whether its client left
 
 
@@ -78,9 +75,7 @@ class Plan:
 
     endpoint: str  # "completions" or "chat.completions"
     method: str
-    spec: MethodSpec
-    ctx: DecodeContext
-    stop: StopCondition
+    generation: GenerationPlan
     stream: bool
     include_usage: bool
 
@@ -203,8 +198,8 @@ class Engine:
 
     def _execute(self, job: Job) -> None:
         plan = job.plan
-        stats = plan.ctx.stats
-        pieces = run(plan.spec, plan.ctx, plan.stop)
+        stats = plan.generation.ctx.stats
+        pieces = run(plan.generation)
         result: GenerationResult | None = None
         cancelled = False
         first = True
@@ -245,11 +240,6 @@ class Engine:
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _first_word_param(message: str, names: tuple[str, ...]) -> str | None:
-    word = message.split(" ", 1)[0]
-    return word if word in names else None
 
 
 def _finish_reason(reason: str) -> str:
@@ -294,9 +284,8 @@ class Server:
     """State behind one app: models, worker, metrics. `create_app` wires it into FastAPI."""
 
     def __init__(self, model: Model, draft: Model | None, default_method: str, queue_size: int) -> None:
-        spec = get_method(default_method)
-        if spec.needs_draft and draft is None:
-            raise TokenleapError(f"default method {default_method!r} needs a draft model (--draft)")
+        if get_method(default_method).needs_draft:
+            require_draft(default_method, draft)
         if draft is not None:
             check_compatible(model, draft)
         self.model = model
@@ -340,6 +329,10 @@ class Server:
             # No chat template (e.g. a base model): the contents, one per line.
             return enc.encode("\n".join(m["content"] for m in messages), chat=False)
 
+    # The planner's parameters under their names in this API.
+    PARAMS = {"max_new_tokens": "max_tokens", "method": "tokenleap.method", "draft": "tokenleap.method",
+              "options": "tokenleap"}
+
     def plan(self, req: CompletionRequest | ChatCompletionRequest, endpoint: str) -> Plan:
         for param, message in req.unsupported():
             raise bad_request(message, param=param)
@@ -349,60 +342,33 @@ class Server:
             method = self.default_method
         if not isinstance(method, str):
             raise bad_request(f"tokenleap.method must be a string, got {method!r}", param="tokenleap.method")
-        try:
-            spec = get_method(method)
-        except TokenleapError as exc:
-            raise bad_request(str(exc), param="tokenleap.method", code="unknown_method") from None
-        try:
-            spec.make_options(options)  # prepare() does this again; here we know which param is wrong
-        except TokenleapError as exc:
-            raise bad_request(str(exc), param="tokenleap") from None
-        if spec.needs_draft and self.draft is None:
-            raise bad_request(f"method {method!r} needs a draft model and this server has none "
-                              f"(start it with --draft)", param="tokenleap.method")
-        # OpenAI's defaults: temperature 1, top_p 1. temperature 0 is greedy.
-        temperature = 1.0 if req.temperature is None else req.temperature
-        top_p = 1.0 if req.top_p is None else req.top_p
-        top_k = 0 if req.top_k is None else req.top_k
-        try:
-            sampling = Sampling(temperature, top_k, top_p)
-        except TokenleapError as exc:
-            raise bad_request(str(exc), param=_first_word_param(str(exc), ("temperature", "top_k", "top_p"))) from None
-        if req.seed is None:
-            seed = secrets.randbits(63)
-        elif SEED_RANGE[0] <= req.seed <= SEED_RANGE[1]:
-            seed = req.seed
-        else:
-            raise bad_request(f"seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}", param="seed")
-        param = "prompt" if isinstance(req, CompletionRequest) else "messages"
+        prompt_param = "prompt" if isinstance(req, CompletionRequest) else "messages"
         try:
             prompt_ids = self._prompt_ids(req)
         except TokenleapError as exc:
-            raise bad_request(str(exc), param=param) from None
-        context = self.model.max_context
+            raise bad_request(str(exc), param=prompt_param) from None
         max_tokens = req.max_tokens
         if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
             max_tokens = req.max_completion_tokens
-        room = max(1, context - len(prompt_ids))
         if max_tokens is None:
             # OpenAI: 16 for completions, "until the context is full" for chat.
+            room = max(1, self.model.max_context - len(prompt_ids))
             max_tokens = min(16, room) if isinstance(req, CompletionRequest) else room
         try:
-            spec, ctx, stop = prepare(prompt_ids, method, self.model, self.draft, max_tokens, sampling, seed,
-                                      req.stop, chat=False, dtype=None, options=options)
+            # The draft was resolved once, at start: without one, draft methods are refused.
+            generation = plan_generation(
+                prompt=prompt_ids, method=method, model=self.model, draft=self.draft, registry_draft=False,
+                max_new_tokens=max_tokens, stop=req.stop, chat=False, options=options,
+                # OpenAI's defaults: temperature 1, top_p 1. temperature 0 is greedy.
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_k=0 if req.top_k is None else req.top_k, top_p=1.0 if req.top_p is None else req.top_p,
+                seed=secrets.randbits(63) if req.seed is None else req.seed, whole_output_in_context=True)
         except TokenleapError as exc:
-            msg = str(exc)
-            which = ("max_tokens" if msg.startswith("max_new_tokens") else "stop" if msg.startswith("stop")
-                     else "seed" if msg.startswith("seed") else param if "prompt" in msg else None)
-            code = "context_length_exceeded" if "context" in msg else None
-            raise bad_request(msg, param=which, code=code) from None
-        if len(prompt_ids) + max_tokens > context:
-            raise bad_request(
-                f"this model's context is {context} tokens; the prompt has {len(prompt_ids)} and max_tokens "
-                f"asks for {max_tokens} more ({len(prompt_ids) + max_tokens} in all)",
-                param="max_tokens", code="context_length_exceeded")
+            param = getattr(exc, "param", None)
+            raise bad_request(str(exc), param={"prompt": prompt_param, **self.PARAMS}.get(param, param),
+                              code=getattr(exc, "code", None)) from None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Plan(endpoint=endpoint, method=method, spec=spec, ctx=ctx, stop=stop, stream=bool(req.stream),
+        return Plan(endpoint=endpoint, method=method, generation=generation, stream=bool(req.stream),
                     include_usage=include_usage)
 
     # -- endpoints -------------------------------------------------------------------------
@@ -615,25 +581,19 @@ def serve(model: str, draft: str | None = None, host: str = "127.0.0.1", port: i
     """Load the models and run the server until interrupted (what `tokenleap serve` does)."""
     import uvicorn
 
-    from ..models.loading import load_model
-    from ..models.registry import REGISTRY
-
     get_method(method)  # fail before loading anything
     if queue_size < 1:
         raise TokenleapError(f"--queue-size must be >= 1, got {queue_size}")
-    target = load_model(model, dtype=dtype, device=device)
-    draft_model = None
-    if draft:
-        draft_model = load_model(draft, dtype=dtype, device=device)
-    elif model in REGISTRY and REGISTRY[model].default_draft:
+    target = get_model(model, dtype, device)
+    try:
+        draft_model = load_draft(target, draft, dtype=dtype, device=device)
+    except TokenleapError as exc:
+        if draft:
+            raise
         # The registry's draft is a convenience: without it the server still serves the
-        # methods that need no draft.
-        try:
-            draft_model = load_model(REGISTRY[model].default_draft, dtype=dtype, device=device)
-            check_compatible(target, draft_model)
-        except TokenleapError as exc:
-            print(f"warning: serving without a draft model: {exc}", file=sys.stderr)
-            draft_model = None
+        # methods that need no draft (a request for one gets generate's error).
+        print(f"warning: serving without a draft model: {exc}", file=sys.stderr)
+        draft_model = None
     app = create_app(target, draft_model, default_method=method, queue_size=queue_size)
     runtime = target.runtime()
     print(f"serving {target.name} on {runtime['device']} in {runtime['dtype']} ({runtime['kernels']} kernels; draft: "

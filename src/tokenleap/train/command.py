@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Callable
 
+from .. import options
+from ..flags import add_option_flag
 from ..models.registry import DEFAULT_MODEL
 
 
@@ -44,12 +45,8 @@ def add_train_command(sub) -> Callable[[argparse.Namespace], int]:
         parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
         parser.add_argument("--export", default=None, help=export_help)
         parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-        for f in dataclasses.fields(config):
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(f.default, bool):  # `type=bool` would read "False" as True
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-            else:
-                parser.add_argument(flag, type=type(f.default), default=f.default)
+        for name, kind in options.kinds(config).items():
+            add_option_flag(parser, name, kind, options.help_text(config, name), default=None)
     return run_train
 
 
@@ -59,12 +56,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..generation import get_model
+    from ..planner import get_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     config, trainer = _trainer(args.what)
-    cfg = config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
+    given = {name: getattr(args, name) for name in options.names(config) if getattr(args, name) is not None}
+    cfg = options.build(config, given, owner=f"tokenleap train {args.what}")
     extra = ("tokenleap " + shlex.join(sys.argv[1:]),) if TRAINERS[args.what][5] else ()
     metrics = trainer(get_model(args.model, args.dtype, args.device), cfg, args.export, *extra)
     print(json.dumps(metrics, indent=2))

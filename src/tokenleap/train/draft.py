@@ -28,6 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsP
 
 from ..errors import TokenleapError
 from ..models.loading import Model
+from ..options import Options, option
 from .common import load_checkpoint, mixed_precision, progress, save_checkpoint, seed_everything
 from .prompts import corpus_prompts, document_prompts, training_prompts
 
@@ -35,23 +36,24 @@ SHARD_SIZE = 96
 
 
 @dataclass
-class DraftTrainConfig:
-    out: str = "runs/draft"
-    prompts: int = 4096  # of which prompts // 8 have the target write documents first
-    max_new_tokens: int = 160
-    top_k: int = 32  # target log-probs kept per position
-    layers: str = "0,1,2,29"  # target layers the draft starts from
-    vocab: int = 8192  # reduced draft vocabulary
-    steps: int = 3000
-    tokens_per_step: int = 4096
-    lr: float = 5e-4
-    warmup: int = 50
-    seed: int = 0
-    eval_every: int = 100
-    save_every: int = 25
-    init_from: str = ""  # a draft artifact directory to start the layers from (else target layers)
-    prompt_set: str = "templates"  # "templates" (documents + templated tasks) or "corpora" (real text)
-    data: str = ""  # comma-separated data directories of earlier runs to train on (else write new data)
+class DraftTrainConfig(Options):
+    out: str = option("runs/draft", "run directory (data, checkpoints, history); a rerun resumes it")
+    prompts: int = option(4096, "training prompts; the target writes documents first for prompts // 8 of them")
+    max_new_tokens: int = option(160, "tokens the target writes per prompt")
+    top_k: int = option(32, "target log-probs kept per position")
+    layers: str = option("0,1,2,29", "comma-separated target layers the draft starts from")
+    vocab: int = option(8192, "size of the reduced draft vocabulary")
+    steps: int = option(3000, "optimiser steps")
+    tokens_per_step: int = option(4096, "training tokens per step")
+    lr: float = option(5e-4, "peak learning rate")
+    warmup: int = option(50, "learning-rate warm-up steps")
+    seed: int = option(0, "seed of prompts, shuffling and initialisation")
+    eval_every: int = option(100, "steps between held-out evaluations")
+    save_every: int = option(25, "steps between checkpoints")
+    init_from: str = option("", "a draft artifact directory to start the layers from; '' = the target's layers")
+    # Checked where the prompts are made (build_dataset), which also serves configs built in Python.
+    prompt_set: str = option("templates", "templates (documents + templated tasks) or corpora (real text)")
+    data: str = option("", "comma-separated data directories of earlier runs to train on; '' = write new data")
 
 
 # -- 1. data -----------------------------------------------------------------------------

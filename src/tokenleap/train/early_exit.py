@@ -25,29 +25,32 @@ import torch
 from ..methods.ppd import exit_states, layer_size, simulate_latency
 from ..models.early_exit import ExitHead, new_heads, save_heads
 from ..models.loading import Model
+from ..options import Options, option
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
 from .draft import DraftTrainConfig, dataset_shards, load_records, vocabulary_subset
 
 
 @dataclass
-class EarlyExitTrainConfig:
-    out: str = "runs/early-exit"
-    data: str = ""  # directory of `train draft` data shards to reuse; '' = write shards under `out`
-    prompts: int = 480  # when writing data
-    max_new_tokens: int = 192
-    top_k: int = 32
-    layers: str = "12,15,18,21,24"  # exit layers to train a head for (those >= the model's depth are dropped)
-    vocab: int = 4096  # reduced candidate vocabulary
-    max_tokens: int = 60000  # training positions (their features are held in memory)
-    steps: int = 1000
-    tokens_per_step: int = 1024
-    lr: float = 2e-3
-    warmup: int = 30
-    seed: int = 0
-    eval_every: int = 100
-    save_every: int = 50
-    candidates: int = 3  # k used to choose the default exit layer
-    max_minutes: float = 0.0  # stop (checkpointed; run again to resume) after this long; 0 = no limit
+class EarlyExitTrainConfig(Options):
+    out: str = option("runs/early-exit", "run directory (data, features, checkpoints); a rerun resumes it")
+    data: str = option("", "directory of `train draft` data shards to reuse; '' = write shards under --out")
+    prompts: int = option(480, "prompts the target answers, when writing data")
+    max_new_tokens: int = option(192, "tokens the target writes per prompt")
+    top_k: int = option(32, "target log-probs kept per position")
+    layers: str = option("12,15,18,21,24", "comma-separated exit layers to train a head for (those at or "
+                                           "beyond the model's depth are dropped)")
+    vocab: int = option(4096, "size of the reduced candidate vocabulary")
+    max_tokens: int = option(60000, "training positions (their features are held in memory)")
+    steps: int = option(1000, "optimiser steps")
+    tokens_per_step: int = option(1024, "training positions per step")
+    lr: float = option(2e-3, "peak learning rate")
+    warmup: int = option(30, "learning-rate warm-up steps")
+    seed: int = option(0, "seed of prompts, shuffling and initialisation")
+    eval_every: int = option(100, "steps between held-out evaluations")
+    save_every: int = option(50, "steps between checkpoints")
+    candidates: int = option(3, "k used to choose the default exit layer")
+    max_minutes: float = option(0.0, "stop (checkpointed; run again to resume) after this many minutes; "
+                                     "0 = no limit")
 
 
 # -- 1./2. data and features ---------------------------------------------------------------

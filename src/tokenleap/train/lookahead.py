@@ -34,37 +34,34 @@ from ..errors import TokenleapError
 from ..methods.pass_ import INITS, TENSOR_KEY, check_embeddings_spec, lookahead_embeddings
 from ..models.hf import additive_mask
 from ..models.loading import Model
+from ..options import Options, option
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
 from .draft import DraftTrainConfig, dataset_shards, load_records
 
 
 @dataclass
-class LookaheadTrainConfig:
-    out: str = "runs/lookahead"
-    data: str = ""  # shard directory of an earlier run (read only); "" = the target writes <out>/data
-    prompts: int = 480  # when writing our own data
-    max_new_tokens: int = 192
-    lookahead: int = 6  # L embeddings trained (decoding may use any prefix of them)
-    loss: str = "kl"  # "kl": distil the model's own distributions; "ce": its tokens
-    init: str = "mean"  # mean | zero | random | path/to/lookahead.safetensors (continue from those)
-    cuts: int = 24  # cut points per sequence and step
-    sequences: int = 1  # sequences per step (gradients accumulate)
-    steps: int = 300
-    lr: float = 5e-3
-    warmup: int = 10
-    seed: int = 0
-    eval_every: int = 50
-    eval_sequences: int = 16  # from the held-out shard
-    eval_cuts: int = 16
-    save_every: int = 10
+class LookaheadTrainConfig(Options):
+    out: str = option("runs/lookahead", "run directory (data, checkpoints, history); a rerun resumes it")
+    data: str = option("", "shard directory of an earlier run (read only); '' = the target writes <out>/data")
+    prompts: int = option(480, "prompts the target answers, when writing our own data")
+    max_new_tokens: int = option(192, "tokens the target writes per prompt")
+    lookahead: int = option(6, "L, embeddings trained (decoding may use any prefix of them)", minimum=1)
+    loss: str = option("kl", "kl: distil the model's own distributions; ce: its tokens", choices=("kl", "ce"))
+    init: str = option("mean", "starting embeddings: mean, zero, random or a path to a lookahead .safetensors "
+                               "file (continue from those)")
+    cuts: int = option(24, "cut points per sequence and step", minimum=1)
+    sequences: int = option(1, "sequences per step (gradients accumulate)", minimum=1)
+    steps: int = option(300, "optimiser steps", minimum=1)
+    lr: float = option(5e-3, "peak learning rate")
+    warmup: int = option(10, "learning-rate warm-up steps")
+    seed: int = option(0, "seed of prompts, cut points and initialisation")
+    eval_every: int = option(50, "steps between held-out evaluations")
+    eval_sequences: int = option(16, "held-out sequences per evaluation", minimum=1)
+    eval_cuts: int = option(16, "cut points per held-out sequence", minimum=1)
+    save_every: int = option(10, "steps between checkpoints", minimum=1)
 
-    def validate(self) -> None:
-        if self.loss not in ("kl", "ce"):
-            raise TokenleapError(f"loss must be kl or ce, got {self.loss!r}")
+    def check(self) -> None:
         check_embeddings_spec(self.init, INITS)
-        for name in ("lookahead", "cuts", "sequences", "steps", "eval_sequences", "eval_cuts", "save_every"):
-            if getattr(self, name) < 1:
-                raise TokenleapError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 # -- data -------------------------------------------------------------------------------------
