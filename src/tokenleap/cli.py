@@ -24,7 +24,7 @@ def cmd_generate(args: argparse.Namespace, option_names: list[str]) -> int:
     out = generate(prompt, method=args.method, model=args.model, draft=args.draft,
                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, stream=True, stop=args.stop or None,
-                   chat=False if args.no_chat else None, dtype=args.dtype, device=args.device,
+                   chat=False if args.no_chat else None, dtype=args.dtype, device=args.device, quant=args.quant,
                    **method_options(args, option_names))
     if args.json:
         for _ in out:
@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
     serve(args.model, draft=args.draft, host=args.host, port=args.port, method=args.method, dtype=args.dtype,
-          device=args.device, queue_size=args.queue_size)
+          device=args.device, quant=args.quant, queue_size=args.queue_size)
     return 0
 
 
@@ -62,7 +62,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     gen.add_argument("prompt", help="prompt text ('-' reads standard input)")
     gen.add_argument("--method", "-m", default="ar", help=f"one of: {', '.join(METHODS)}")
     gen.add_argument("--model", default=DEFAULT_MODEL, help="registry name, HF directory, .gguf file or hub id")
-    gen.add_argument("--draft", default=None, help="draft model for draft-based methods")
+    gen.add_argument("--draft", default=None, help="draft model for draft-based methods; self:int8 / self:int4 = the target's own "
+                     "weights, quantized (no training needed)")
     gen.add_argument("--max-new-tokens", "-n", type=int, default=128)
     add_sampling_flags(gen)
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
@@ -77,7 +78,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
     srv = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API (completions, chat, streaming)")
     srv.add_argument("--model", default=DEFAULT_MODEL, help="registry name, HF directory, .gguf file or hub id")
-    srv.add_argument("--draft", default=None, help="draft model for draft-based methods")
+    srv.add_argument("--draft", default=None, help="draft model for draft-based methods; self:int8 / self:int4 = the target's own "
+                     "weights, quantized (no training needed)")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--method", "-m", default="ar",

@@ -24,7 +24,7 @@ def versions() -> dict[str, str]:
 
 
 def environment(model: str | None, dtype: str = "auto", device: str = "auto", rows: tuple[int, ...] = (1, 2, 4, 8, 16),
-                context: int = 256) -> dict[str, Any]:
+                context: int = 256, quant: str = "none") -> dict[str, Any]:
     """Versions, device, CPU capabilities and the choices `auto` makes; with a model, its kernel
     layout and the measured cost of one decoding forward for each row count."""
     torch_device = resolve_device(device)
@@ -39,7 +39,7 @@ def environment(model: str | None, dtype: str = "auto", device: str = "auto", ro
     from .generation import get_model
     from .models.cost import forward_curve
 
-    loaded = get_model(model, dtype, device)
+    loaded = get_model(model, dtype, device, quant)
     info.update(model=model, dtype=dtype_name(loaded.dtype), runner=type(loaded.runner).__name__,
                 kernels=loaded.runtime()["kernels"], kernel_choice=loaded.kernels, context=context)
     info["forward_ms"] = forward_curve(loaded, rows, context)
@@ -100,7 +100,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     if args.context < 1:
         raise TokenleapError(f"--context must be >= 1, got {args.context}")
     model = None if args.model.lower() == "none" else args.model
-    info = environment(model, args.dtype, args.device, context=args.context)
+    info = environment(model, args.dtype, args.device, context=args.context, quant=args.quant)
     print(json.dumps(info, indent=2) if args.json else render(info))
     sys.stdout.flush()
     return 0

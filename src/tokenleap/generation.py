@@ -88,7 +88,7 @@ def generate(prompt: str | Messages | list[int], method: str = "ar", model: str 
              draft: str | Model | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, stream: bool = False,
              stop: str | list[str] | None = None, chat: bool | None = None,
-             dtype: str | torch.dtype | None = "auto", device: str = "auto",
+             dtype: str | torch.dtype | None = "auto", device: str = "auto", quant: str = "none",
              **options: Any) -> GenerationResult | GenerationStream:
     """Generate a continuation of `prompt` with a decoding method.
 
@@ -96,12 +96,14 @@ def generate(prompt: str | Messages | list[int], method: str = "ar", model: str 
       chat messages, or token ids. method: "ar", "sps", ... (see tokenleap.METHODS); its options
       (e.g. gamma=4) are keyword arguments. temperature=0 is greedy. dtype ("auto": the fastest
       this hardware computes natively) and device ("auto", "cpu", "cuda[:N]", "mps") apply when
-      `model`/`draft` are names rather than loaded `Model`s. With stream=True a
+      `model`/`draft` are names rather than loaded `Model`s; so does quant ("int8", "int4",
+      "int4-g64": weight-only quantization of the target). draft="self:int8" (or "self:int4")
+      drafts with a quantized view of the target's own weights. With stream=True a
       GenerationStream is returned: iterate it for text pieces, then read `.result`.
     """
     plan = plan_generation(prompt=prompt, method=method, model=model, draft=draft, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, chat=chat,
-                           dtype=dtype, device=device, options=options)
+                           dtype=dtype, device=device, quant=quant, options=options)
     pieces = run(plan)
     if stream:
         return GenerationStream(pieces)

@@ -21,7 +21,7 @@ from .decoding.stopping import StopCondition
 from .decoding.warping import Sampling
 from .errors import TokenleapError
 from .methods import MethodSpec, get_method
-from .models.loading import Messages, Model, load_model
+from .models.loading import Messages, Model, load_model, self_draft
 from .models.registry import REGISTRY
 
 SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed takes: [low, high)
@@ -60,14 +60,26 @@ class GenerationPlan:
 
 
 def get_model(model: str | Model, dtype: str | torch.dtype | None = "auto",
-              device: str | torch.device = "auto") -> Model:
-    """A loaded model, reusing one loaded earlier in this process for the same name, dtype and device."""
+              device: str | torch.device = "auto", quant: str = "none") -> Model:
+    """A loaded model, reusing one loaded earlier in this process for the same name, dtype,
+    device and quantization."""
     if isinstance(model, Model):
         return model
-    key = (model, str(dtype or "auto"), str(device or "auto"))
+    key = (model, str(dtype or "auto"), str(device or "auto"), str(quant or "none"))
     if key not in _LOADED:
-        _LOADED[key] = load_model(model, dtype=dtype, device=device)
+        _LOADED[key] = load_model(model, dtype=dtype, device=device, quant=quant or "none")
     return _LOADED[key]
+
+
+SELF_DRAFT = "self:"
+
+
+def self_draft_of(target: Model, spec: str) -> Model:
+    """`self:int8` / `self:int4[-gG]`: the target's own weights, quantized, as its draft (made
+    once per target and quantization, and kept by the target)."""
+    if spec not in target.derived:
+        target.derived[spec] = self_draft(target, spec.removeprefix(SELF_DRAFT))
+    return target.derived[spec]
 
 
 def check_compatible(target: Model, draft: Model) -> None:
@@ -88,6 +100,8 @@ def load_draft(target: Model, draft: str | Model | None, *, dtype: str | torch.d
         draft = REGISTRY[target.name].default_draft
     if draft is None:
         return None
+    if isinstance(draft, str) and draft.startswith(SELF_DRAFT):
+        return self_draft_of(target, draft)
     draft_model = get_model(draft, dtype, device)
     check_compatible(target, draft_model)
     return draft_model
@@ -129,12 +143,13 @@ def plan_generation(*, prompt: str | Messages | list[int], method: str, model: s
                     max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int,
                     draft: str | Model | None = None, stop: str | list[str] | None = None,
                     chat: bool | None = None, dtype: str | torch.dtype | None = "auto",
-                    device: str | torch.device = "auto", options: dict[str, Any] | None = None,
+                    device: str | torch.device = "auto", quant: str = "none", options: dict[str, Any] | None = None,
                     registry_draft: bool = True, whole_output_in_context: bool = False) -> GenerationPlan:
     """Validate a request and load what it needs, in the order errors are reported.
 
-    draft: for methods that need one; None takes the registry's default draft of the target
-    unless `registry_draft` is False (the server resolved its draft once, at start).
+    draft: for methods that need one; "self:int8" / "self:int4" is a quantized view of the target;
+    None takes the registry's default draft of the target unless `registry_draft` is False (the
+    server resolved its draft once, at start). quant: the target's weight quantization.
     whole_output_in_context: the prompt plus max_new_tokens must fit the context (the server's
     contract, OpenAI's); otherwise only the prompt must, and generation stops at the context.
     """
@@ -150,7 +165,7 @@ def plan_generation(*, prompt: str | Messages | list[int], method: str, model: s
     if any(not isinstance(s, str) or not s for s in stop_strings):
         raise RequestError("stop strings must be non-empty strings", "stop")
     with about("model"):
-        target = get_model(model, dtype, device)
+        target = get_model(model, dtype, device, quant)
     draft_model = None
     if spec.needs_draft:
         with about("draft"):

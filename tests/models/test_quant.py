@@ -2,6 +2,8 @@
 quantized model is a target methods are exact against, and a quantized view of the target is a
 draft that needs no training."""
 
+import json
+
 import pytest
 import torch
 
@@ -82,3 +84,22 @@ def test_self_draft_keeps_lossless_methods_exact(tiny_dir, quant, min_acceptance
             got = tokenleap.generate(prompt, method=method, model=target, draft=draft, max_new_tokens=20, gamma=4)
             assert got.token_ids == ar.token_ids
             assert got.stats.acceptance_rate > min_acceptance
+
+
+def test_quant_and_self_draft_through_generate_and_the_cli(tiny_dir, capsys):
+    from tokenleap.cli import main
+
+    path = tiny_dir(vocab_size=32, seed=0)
+    ar = tokenleap.generate("w2 w3", model=path, dtype="fp32", max_new_tokens=12)
+    got = tokenleap.generate("w2 w3", method="sps", model=path, draft="self:int8", dtype="fp32", max_new_tokens=12)
+    assert got.token_ids == ar.token_ids and got.stats.accepted > 0
+    quantized = tokenleap.generate("w2 w3", model=path, quant="int8", max_new_tokens=12)
+    assert quantized.stats.kernels == "int8" and quantized.stats.dtype == "bf16"
+    assert main(["generate", "w2 w3", "--model", path, "--method", "sps", "--draft", "self:int4", "--quant", "int8",
+                 "-n", "6", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["token_ids"]) == 6
+    for args, message in ((["--quant", "int3"], "unknown quantization"), (["--draft", "self:int9"], "unknown quantization"),
+                          (["--quant", "int4-g48"], "group size must be one of")):
+        assert main(["generate", "w2 w3", "--model", path, "--method", "sps", "-n", "2", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and err.count("\n") == 1

@@ -48,7 +48,8 @@ def add_bench_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Nam
                         "a variant with its own options is name@key=value+key=value, e.g. "
                         "pass@lookahead=2+embeddings=zero")
     p.add_argument("--model", default=DEFAULT_MODEL, help="target: registry name, HF directory, .gguf or hub id")
-    p.add_argument("--draft", default=None, help="draft model for sps, hf-assisted and other draft-based methods")
+    p.add_argument("--draft", default=None, help="draft model for sps, hf-assisted and other draft-based methods; self:int8 / "
+                                                    "self:int4 = the target's own weights, quantized")
     p.add_argument("--max-new-tokens", "-n", type=int, default=128)
     add_sampling_flags(p)
     add_runtime_flags(p)
@@ -108,7 +109,7 @@ def run_from_args(args: argparse.Namespace, option_names: list[str]) -> int:
     out = args.out or Path("runs") / datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S")
     config = BenchConfig(methods=args.methods, prompts=args.prompts, out=out, model=args.model, draft=args.draft,
                          limit=args.limit, categories=args.categories, max_new_tokens=args.max_new_tokens,
-                         sampling=Sampling(args.temperature, args.top_k, args.top_p), dtype=args.dtype, device=args.device,
+                         sampling=Sampling(args.temperature, args.top_k, args.top_p), dtype=args.dtype, device=args.device, quant=args.quant,
                          repeats=args.repeats, seed=args.seed, options=options, sweep_gamma=args.sweep_gamma,
                          threads=args.threads, warmup=args.warmup, progress=not args.no_progress)
     unused = unused_options(plan_methods(config.methods, options, config.sweep_gamma), options)

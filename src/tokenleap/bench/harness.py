@@ -92,6 +92,7 @@ class BenchConfig:
     sampling: Sampling = field(default_factory=Sampling)
     dtype: str = "auto"
     device: str = "auto"
+    quant: str = "none"
     repeats: int = 1
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # method options, e.g. {"gamma": 4}
@@ -108,6 +109,7 @@ class BenchConfig:
                  f"--top-p {self.sampling.top_p}", f"--repeats {self.repeats}", f"--seed {self.seed}",
                  f"--warmup {self.warmup}", f"--out {self.out}"]
         optional = {"--draft": self.draft, "--limit": self.limit, "--dtype": self.dtype, "--device": self.device,
+                    "--quant": None if self.quant == "none" else self.quant,
                     "--threads": self.threads,
                     "--categories": ",".join(self.categories) if self.categories else None,
                     "--sweep-gamma": ",".join(map(str, self.sweep_gamma)) if self.sweep_gamma else None}
@@ -363,14 +365,16 @@ def generate_once(method: BenchMethod, target: Model, draft: Model | None, promp
 
 def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model, Model | None]:
     """Target, and the draft when some method needs one; each loaded once for the whole run."""
-    target = get_model(config.model, config.dtype, config.device)
+    target = get_model(config.model, config.dtype, config.device, config.quant)
     needing = next((m.name for m in methods if m.needs_draft), None)
     if needing is None:
         return target, None
     draft = require_draft(needing, load_draft(target, config.draft, dtype=config.dtype, device=config.device))
-    if draft is target and any(m.base == "hf-assisted" for m in methods):
+    if draft.hf_model is target.hf_model and any(m.base == "hf-assisted" for m in methods):
         # One module as both models would merge the forward counts (and HF's assistant state).
-        raise TokenleapError("hf-assisted needs a draft distinct from the target (pass a copy's path as --draft)")
+        # (A self-draft is a view of the target's own module: HF's loop cannot run it as another model.)
+        raise TokenleapError("hf-assisted needs a draft distinct from the target (pass a copy's path as --draft; "
+                             "a self: draft shares the target's module)")
     return target, draft
 
 

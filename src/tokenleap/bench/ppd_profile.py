@@ -48,7 +48,7 @@ def cmd_ppd_profile(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = get_model(args.model, args.dtype, args.device)
+    model = get_model(args.model, args.dtype, args.device, args.quant)
     heads = None if args.heads == "none" else artifact_for(model.name) if args.heads == "auto" else Path(args.heads)
     prompts = [p.text for p in load_prompts(args.prompts, args.limit)]
     result = profile(model, prompts, args.max_new_tokens, heads, args.candidates)

@@ -33,6 +33,9 @@ class Model:
     runner: Runner
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
     kernels: dict[str, Any] = field(default_factory=dict)  # the weight layout and how it was chosen
+    # Models made from this one (self-drafts, by their spec "self:int8"), owned here so they live
+    # and die with it; at most one per quantization.
+    derived: dict[str, "Model"] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def config(self):

@@ -577,14 +577,15 @@ def create_app(model: Model, draft: Model | None = None, default_method: str = "
 
 
 def serve(model: str, draft: str | None = None, host: str = "127.0.0.1", port: int = 8000, method: str = "ar",
-          dtype: str | None = "auto", device: str = "auto", queue_size: int = 16, log_level: str = "info") -> None:
+          dtype: str | None = "auto", device: str = "auto", quant: str = "none", queue_size: int = 16,
+          log_level: str = "info") -> None:
     """Load the models and run the server until interrupted (what `tokenleap serve` does)."""
     import uvicorn
 
     get_method(method)  # fail before loading anything
     if queue_size < 1:
         raise TokenleapError(f"--queue-size must be >= 1, got {queue_size}")
-    target = get_model(model, dtype, device)
+    target = get_model(model, dtype, device, quant)
     try:
         draft_model = load_draft(target, draft, dtype=dtype, device=device)
     except TokenleapError as exc:
