@@ -54,12 +54,14 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    """--dtype and --device, with the same defaults and help everywhere."""
+def add_runtime_flags(parser: argparse.ArgumentParser, quant: bool = True) -> None:
+    """--dtype, --device and (unless quant=False) --quant, with the same defaults and help everywhere."""
     parser.add_argument("--dtype", default="auto",
                         help="auto (default: the fastest dtype this hardware computes natively: bf16 on CPUs "
                              "with native bf16, else fp32; bf16/fp16 on CUDA), bf16, fp32 or fp16")
     parser.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda[:N] or mps")
+    if not quant:
+        return
     parser.add_argument("--quant", default="none",
                         help="weight-only quantization of the target: none (default), int8 (per output channel), "
                              "int4 (groups of 32 input columns) or int4-g64 / int4-g128")

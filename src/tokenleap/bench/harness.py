@@ -32,7 +32,7 @@ from ..generation import generate
 from ..methods import METHODS
 from ..methods.sps import SPSOptions
 from ..models.cost import forward_ms
-from ..models.hardware import cpu_caps, synchronize
+from ..models.hardware import cpu_caps, cpu_model, synchronize
 from ..models.loading import Model
 from ..models.registry import DEFAULT_MODEL
 from ..options import check_known, check_value, kind, names, parse_text
@@ -342,7 +342,7 @@ def hf_generate(method: BenchMethod, target: Model, draft: Model | None, prompt_
     new = cut_at_eos(out[0, len(prompt_ids):].tolist(), target.eos_token_ids)
     stats = DecodeStats(method=method.name, prompt_tokens=len(prompt_ids), new_tokens=len(new),
                         target_forwards=target_calls[0], draft_forwards=draft_calls[0],
-                        device=str(target.device), dtype=target.runtime()["dtype"], kernels="hf")
+                        **{**target.runtime(), "kernels": "hf"})  # HF's own forward, whatever our runner's layout
     if assistant is not None:
         # Every target forward commits one token of its own; the rest were accepted drafts.
         # HF does not expose how many drafts it proposed, so the acceptance rate stays unknown.
@@ -379,13 +379,7 @@ def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model,
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
+    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "python": platform.python_version()}
 
 

@@ -57,7 +57,8 @@ def _flag(name: str) -> bool:
     return False
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor string elsewhere)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -78,7 +79,7 @@ def _detect(forced: bool) -> CpuCaps:
     native = (avx512_bf16 or amx) and onednn_bf16
     if forced:
         avx512_bf16 = amx = native = onednn_bf16 = False
-    return CpuCaps(model=_cpu_model(), isa=torch.backends.cpu.get_cpu_capability(),
+    return CpuCaps(model=cpu_model(), isa=torch.backends.cpu.get_cpu_capability(),
                    avx2=_flag("_is_avx2_supported"), avx512=_flag("_is_avx512_supported"),
                    avx512_bf16=avx512_bf16, amx=amx, onednn=onednn, onednn_bf16=onednn_bf16,
                    native_bf16=native, forced_fallback=forced)

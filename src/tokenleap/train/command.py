@@ -7,7 +7,7 @@ import json
 from typing import Callable
 
 from .. import options
-from ..flags import add_option_flag
+from ..flags import add_option_flag, add_runtime_flags
 from ..models.registry import DEFAULT_MODEL
 
 
@@ -39,14 +39,11 @@ def add_train_command(sub) -> Callable[[argparse.Namespace], int]:
         config, _ = _trainer(kind)
         parser = kinds.add_parser(kind, help=help_text)
         parser.add_argument("--model", default=DEFAULT_MODEL, help="the target model")
-        parser.add_argument("--dtype", default="auto",
-                            help="dtype the model runs in (data and training); auto: the fastest this "
-                                 "hardware computes natively (bf16 with native bf16, else fp32)")
-        parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+        add_runtime_flags(parser, quant=False)  # the model runs (data and training) in this dtype, on this device
         parser.add_argument("--export", default=None, help=export_help)
         parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-        for name, kind in options.kinds(config).items():
-            add_option_flag(parser, name, kind, options.help_text(config, name), default=None)
+        for name, option_kind in options.kinds(config).items():
+            add_option_flag(parser, name, option_kind, options.help_text(config, name), default=None)
     return run_train
 
 
