@@ -10,6 +10,7 @@ the same tokenizer-compatibility and context checks, the same error messages. Er
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -26,7 +27,32 @@ from .models.registry import REGISTRY
 
 SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed takes: [low, high)
 
-_LOADED: dict[tuple[str, str], Model] = {}
+
+
+class ModelCache:
+    """Models loaded by name (`generate(model="...")`, the bench, the server), kept for reuse:
+    at most `size`, the least recently used dropped first (a caller holding one keeps it alive).
+    The planner owns the process's one instance, `LOADED`; `clear()` frees them all."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._models: OrderedDict[tuple[str, ...], Model] = OrderedDict()
+
+    def get(self, name: str, dtype: str | torch.dtype | None, device: str | torch.device, quant: str) -> Model:
+        key = (name, str(dtype or "auto"), str(device or "auto"), str(quant or "none"))
+        if key in self._models:
+            self._models.move_to_end(key)
+        else:
+            self._models[key] = load_model(name, dtype=dtype, device=device, quant=quant or "none")
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+        return self._models[key]
+
+    def clear(self) -> None:
+        self._models.clear()
+
+
+LOADED = ModelCache()
 
 
 class RequestError(TokenleapError):
@@ -65,10 +91,7 @@ def get_model(model: str | Model, dtype: str | torch.dtype | None = "auto",
     device and quantization."""
     if isinstance(model, Model):
         return model
-    key = (model, str(dtype or "auto"), str(device or "auto"), str(quant or "none"))
-    if key not in _LOADED:
-        _LOADED[key] = load_model(model, dtype=dtype, device=device, quant=quant or "none")
-    return _LOADED[key]
+    return LOADED.get(model, dtype, device, quant)
 
 
 SELF_DRAFT = "self:"

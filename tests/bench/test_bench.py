@@ -307,8 +307,10 @@ def test_pass_candidate_runs_report_which_guess_the_target_took(bench, tmp_path)
 
 
 def test_candidate_section_when_no_guess_was_ever_taken():
-    from tokenleap.bench.report import _candidates_section
+    """The report reads a method's own figures through the method (its typed stats record)."""
+    from tokenleap.bench.report import _method_sections
 
-    record = {"method": "pass", "error": None, "stats": {"extra": {"pass_rank_none": 7, "drafting_calls": 1}}}
-    lines = _candidates_section({"per_prompt": [record, {**record, "error": "boom"}]})
+    figures = {"drafting_calls": 1, "drafting_skipped": 0, "guess_taken": {"none": 7}}
+    record = {"method": "pass", "error": None, "stats": {"method": "pass", "method_stats": figures}}
+    lines = _method_sections({"per_prompt": [record, {**record, "error": "boom"}]})
     assert lines[-1] == "| pass | 7 | 0.000 |"

@@ -9,7 +9,10 @@ import torch
 import tokenleap
 from tokenleap import Sampling, TokenleapError
 from tokenleap.decoding.warping import warp
-from tokenleap.methods.mtad import accepted_length, beam_tree, mtad_step, tree_step
+from tokenleap.decoding.accept import joint_prefix as accepted_length
+from tokenleap.decoding.speculate import chain_step
+from tokenleap.drafters.beams import BeamDrafter, beam_tree
+from tokenleap.methods.mtad import joint_rule, tree_step
 from tokenleap.planner import plan_generation
 from laws import chi_square_pvalue, draws, exact_law
 
@@ -40,18 +43,21 @@ def joint(model, prefix, block, sampling):
     return math.prod(probs[len(prefix) - 1 + j, t].item() for j, t in enumerate(block))
 
 
-def run_rounds(ctx, step, rounds):
-    """Run `rounds` MTAD rounds, yielding (context before, tokens emitted, n accepted)."""
+def run_rounds(ctx, kind, rounds):
+    """Run `rounds` MTAD rounds (chain or tree), yielding (context before, tokens emitted, n accepted)."""
     seq = list(ctx.prompt_ids)
-    tc, dc = ctx.new_cache(ctx.target, slack=128), ctx.new_cache(ctx.draft)
+    opts = ctx.options
+    cache = ctx.new_cache(ctx.target, slack=128)
+    drafter = BeamDrafter(ctx, opts.gamma, opts.beam_width, opts.without_replacement)
+    step = chain_step(joint_rule(ctx)) if kind == "chain" else tree_step
     for _ in range(rounds):
-        block, n = step(ctx, seq, tc, dc)
-        yield list(seq), block, n
+        block = step(ctx, seq, cache, drafter, opts.gamma)
+        yield list(seq), block, len(block) - 1  # the accepted drafts, then one token from the target
         seq.extend(block)
 
 
 @pytest.mark.parametrize("sampling", [SAMPLING, Sampling(0.9, top_k=5, top_p=0.9)])
-@pytest.mark.parametrize("step", [mtad_step, tree_step])
+@pytest.mark.parametrize("step", ["chain", "tree"])
 def test_p1_accepted_blocks_pass_the_joint_test(pair, sampling, step):
     target, draft = pair
     tau = 0.5
@@ -170,7 +176,7 @@ def test_tree_with_one_beam_equals_the_chain(pair):
 
 
 def test_beam_tree_shares_identical_draws():
-    from tokenleap.methods.mtad import Beams
+    from tokenleap.drafters.beams import Beams
 
     t = torch.tensor
     history = [(t([5, 5, 6]), t([-0.1, -0.1, -2.0]), t([0, 0, 0])),

@@ -14,6 +14,7 @@ import tokenleap
 from reference import hf_greedy
 from tokenleap.cli import main as cli_main
 from tokenleap.methods import ppd
+from tokenleap.models.early_exit import teacher_forced_matches
 from tokenleap.planner import plan_generation
 
 LAYERS = 6  # so that d < l/2 (1, 2), d = l/2 (3) and d > l/2 (4, 5) all exist
@@ -48,7 +49,7 @@ def test_stops_at_eos_exactly(tiny, d, workers):
     eos_model = dataclasses.replace(model, eos_token_ids=frozenset({free_run[5]}))
     got = tokenleap.generate("w2 w3", method="ppd", model=eos_model, max_new_tokens=20, exit_layer=d, workers=workers)
     assert got.token_ids == free_run[: free_run.index(free_run[5]) + 1] and got.finish_reason == "eos"
-    assert got.stats.extra["ppd_scratch_live"] == 0
+    assert got.stats.method_stats.scratch_live == 0
 
 
 @pytest.mark.parametrize("d,k,workers", [(1, 3, 2), (2, 1, 1), (3, 3, 2), (5, 2, 1), (4, 5, 2)])
@@ -56,11 +57,11 @@ def test_online_match_equals_teacher_forced_and_grows_with_k(tiny, d, k, workers
     model = tiny(vocab_size=32, num_layers=LAYERS, seed=1)
     prompt_ids = model.encode("w7 w8 w9")
     pipe, _, tokens = pipeline(model, prompt_ids, 30, exit_layer=d, candidates=k, workers=workers)
-    offline = ppd.teacher_forced_matches(model, pipe.head, prompt_ids, tokens, k)
+    offline = teacher_forced_matches(model, pipe.head, prompt_ids, tokens, k)
     assert len(pipe.matches) == len(tokens) - 1  # the last token spawns nothing
     assert pipe.matches == offline[: len(pipe.matches)]
-    assert pipe.ctx.stats.extra["ppd_match_rate"] == pytest.approx(sum(offline[:-1]) / (len(tokens) - 1))
-    rates = [sum(ppd.teacher_forced_matches(model, pipe.head, prompt_ids, tokens, j)) for j in (1, 2, 4, 8)]
+    assert pipe.ctx.stats.method_stats.match_rate == pytest.approx(sum(offline[:-1]) / (len(tokens) - 1))
+    rates = [sum(teacher_forced_matches(model, pipe.head, prompt_ids, tokens, j)) for j in (1, 2, 4, 8)]
     assert rates == sorted(rates)
 
 
@@ -70,15 +71,15 @@ def test_simulated_latency_is_the_latency_model_when_d_is_at_least_half(tiny, d,
     model = tiny(vocab_size=32, num_layers=LAYERS, seed=2)
     r = tokenleap.generate("w3 w4", method="ppd", model=model, max_new_tokens=30, exit_layer=d, candidates=3,
                            simulate=True, head_cost=h)
-    e, n = r.stats.extra, len(r.token_ids)
+    e, n = r.stats.method_stats, len(r.token_ids)
     pipe, _, _ = pipeline(model, "w3 w4", 30, exit_layer=d, candidates=3, head_cost=h)
     matches = pipe.matches[: n - 1]  # the same run without the driver's EOS stop
     expected = LAYERS + sum(d + h if m else LAYERS for m in matches)  # first token: the prompt's forward
-    assert e["ppd_sim_units"] == expected == e["ppd_model_units"]
-    assert 0 < e["ppd_matches"] < n - 1  # both kinds of token occur
+    assert e.sim_units == expected == e.model_units
+    assert 0 < e.matches < n - 1  # both kinds of token occur
     # Its mean agrees with the formula p (d+h) + (1-p) l over the tokens after the first.
     p = sum(matches) / (n - 1)
-    assert (e["ppd_sim_units"] - LAYERS) / (n - 1) == pytest.approx(p * (d + h) + (1 - p) * LAYERS)
+    assert (e.sim_units - LAYERS) / (n - 1) == pytest.approx(p * (d + h) + (1 - p) * LAYERS)
 
 
 def test_simulator_schedule_below_half_forbids_spawning_before_promotion():
@@ -95,11 +96,11 @@ def test_full_depth_no_scratch_leak_and_committed_kv_equals_plain_decoding(tiny,
     model = tiny(vocab_size=32, num_layers=LAYERS, seed=0)
     prompt_ids = model.encode("w2 w3 w4 w5")
     pipe, ctx, tokens = pipeline(model, prompt_ids, 25, exit_layer=d, candidates=k, workers=workers)
-    e, c = ctx.stats.extra, pipe.counts
+    e, c = ctx.stats.method_stats, pipe.counts
     # Every emitted token went through all l layers: on main, or promoted from its branch.
     assert c["layers_main"] + c["layers_promoted"] == LAYERS * len(tokens)
     assert c["branch_layers_max"] <= LAYERS - d  # no branch ever reaches layer l
-    assert c["branches"] == len(tokens) - 1 == c["released"] and not pipe._live and e["ppd_scratch_live"] == 0
+    assert c["branches"] == len(tokens) - 1 == c["released"] and not pipe._live and e.scratch_live == 0
     # Committed K/V: exactly the verified positions, what plain decoding computes (a promoted branch
     # row ran as one row of a batched decode step: bit-equal in bf16, see the real-model test; fp32
     # BLAS may round a batch of rows differently from a single row).
@@ -146,11 +147,11 @@ def test_errors(tiny):
 def test_stats(tiny):
     model = tiny(vocab_size=32, num_layers=LAYERS, seed=3)
     r = tokenleap.generate("w2 w3", method="ppd", model=model, max_new_tokens=20, exit_layer=3, simulate=True)
-    s, e = r.stats, r.stats.extra
-    assert s.target_forwards == 20 and s.draft_forwards == e["ppd_branches"] == 19
+    s, e = r.stats, r.stats.method_stats
+    assert s.target_forwards == 20 and e.branches == 19 and s.draft_forwards == 0  # branches: PPDStats
     assert s.mean_accepted_length == 1.0  # one full-depth stream per token
-    assert e["ppd_exit_layer"] == 3 and e["ppd_head_trained"] == 0.0 and e["ppd_sim_units"] <= 20 * LAYERS
-    assert s.to_dict()["extra"]["ppd_matches"] == e["ppd_matches"]
+    assert e.exit_layer == 3 and not e.head_trained and e.sim_units <= 20 * LAYERS
+    assert s.to_dict()["method_stats"]["matches"] == e.matches
 
 
 def test_cli_bool_flag(tiny_dir, capsys):
@@ -159,7 +160,7 @@ def test_cli_bool_flag(tiny_dir, capsys):
                      "--workers", "1", "--exit-layer", "2", "--dtype", "fp32", "--json"])
     assert code == 0
     out = capsys.readouterr().out
-    assert '"ppd_sim_units"' in out and '"ppd_workers": 1' in out
+    assert '"sim_units"' in out and '"workers": 1' in out
 
 
 @pytest.mark.real_model

@@ -37,7 +37,7 @@ def test_training_changes_only_the_heads_lowers_their_loss_and_exports(tiny, tmp
         got = tokenleap.generate("w2 w3", method="ppd", model=target, max_new_tokens=20,
                                  head=str(tmp_path / "artifact"), exit_layer=d)
         assert got.token_ids == greedy.token_ids
-        assert got.stats.extra["ppd_head_trained"] == 1.0 and got.stats.extra["ppd_exit_layer"] == d
+        assert got.stats.method_stats.head_trained and got.stats.method_stats.exit_layer == d
 
     # ppd-profile reports both heads where trained heads exist.
     from tokenleap.bench.ppd_profile import markdown, profile

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import DynamicCache
 
 import tokenleap
-from tokenleap.methods import pass_
+from tokenleap.models import lookahead as la_artifact
 from tokenleap.train.lookahead import LookaheadTrainConfig, cut_loss, lookahead_mask, pick_cuts, train_lookahead
 
 
@@ -115,7 +115,7 @@ def test_cut_points_keep_every_target_inside_the_sequence():
 
 def test_ce_loss_and_gradient_reach_only_the_embeddings(tiny):
     model = tiny(vocab_size=32, seed=0)
-    la = torch.nn.Parameter(pass_.initial_embeddings(model, "mean", 2))
+    la = torch.nn.Parameter(la_artifact.initial_embeddings(model, "mean", 2))
     record = {"ids": torch.randint(0, 32, (16,), generator=torch.Generator().manual_seed(2)), "start": 3}
     loss, agree = cut_loss(model, la, record, [4, 8, 12], "ce")
     loss.backward()

@@ -34,7 +34,7 @@ def _int_list(text: str) -> list[int]:
 def add_bench_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     """Register the `bench` subcommand; returns its handler."""
     from ..methods import METHODS
-    from .harness import HF_METHODS
+    from .anchors import HF_METHODS
 
     p = sub.add_parser("bench", help="benchmark decoding methods on Spec-Bench prompts",
                        description="Benchmark decoding methods on Spec-Bench prompts; writes results.json, "
@@ -102,8 +102,9 @@ def rewrite_run(results: dict, out: Path) -> None:
 
 
 def run_from_args(args: argparse.Namespace, option_names: list[str]) -> int:
-    from .harness import BenchConfig, plan_methods, run_bench, unused_options
+    from .harness import BenchConfig, run_bench
     from .report import markdown_report
+    from .variants import plan_methods, unused_options
 
     options = method_options(args, option_names)
     out = args.out or Path("runs") / datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S")

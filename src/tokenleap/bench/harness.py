@@ -8,75 +8,40 @@ generated tokens counted the same way (token ids, cut at the first EOS inclusive
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import glob
-import json
-import math
-import os
-import platform
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..decoding.quality import score_continuation
-from ..decoding.stats import DecodeStats
 from ..decoding.warping import Sampling
 from ..errors import TokenleapError
-from ..generation import generate
-from ..methods import METHODS
-from ..methods.sps import SPSOptions
-from ..models.cost import forward_ms
-from ..models.hardware import cpu_caps, cpu_model, synchronize
+from ..models.hardware import cpu_caps
 from ..models.loading import Model
 from ..models.registry import DEFAULT_MODEL
-from ..options import check_known, check_value, kind, names, parse_text
-from ..planner import encode_prompt, get_model, load_draft, require_draft
+from ..planner import get_model, load_draft, require_draft
+# The pieces of a run live in their own modules; importers of this one (the bench command,
+# scripts/law_check.py, the tests) find them here too.
+from .anchors import HF_METHODS, HF_OPTIONS, assistant_settings, count_forwards, cut_at_eos, hf_generate
+from .energy import EnergyMeter
+from .measure import (PIT_SEED_OFFSET, WARMUP_TOKENS, Recorder, forward_costs, generate_once, machine_info,
+                      measure, pit_generator, pit_record, warm_up)
+from .prompts import Prompt, encode_prompts, load_prompts
+from .variants import (BenchMethod, accepted_options, options_schema, parse_variant, plan_methods,
+                       unused_options)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-# Anchors outside tokenleap: Hugging Face's own loops, and which of our options they take. An
-# option means for them what it means for sps (gamma: draft tokens per round), by the same rules.
-HF_METHODS: dict[str, tuple[str, ...]] = {"hf": (), "hf-assisted": ("gamma",)}
-HF_OPTIONS = SPSOptions
-WARMUP_TOKENS = 16
-
-
-@dataclass
-class Prompt:
-    index: int
-    question_id: Any
-    category: str
-    text: str
-
-
-@dataclass
-class BenchMethod:
-    """One column of the benchmark: a tokenleap method or an HF anchor, with its options."""
-
-    name: str  # as reported, e.g. "sps" or "sps@g=2" in a gamma sweep
-    base: str  # key in METHODS, or "hf" / "hf-assisted"
-    options: dict[str, Any]
-    needs_draft: bool
-    lossless: bool
-
-    @property
-    def is_hf(self) -> bool:
-        return self.base in HF_METHODS
-
-    def info(self) -> dict[str, Any]:
-        """What results.json records about the method, with its effective option values."""
-        effective = dict(self.options)
-        if not self.is_hf:
-            effective = dataclasses.asdict(METHODS[self.base].make_options(self.options))
-        return {"name": self.name, "base": self.base, "options": effective,
-                "needs_draft": self.needs_draft, "lossless": self.lossless}
+__all__ = ["BenchConfig", "run_bench", "write_outputs", "load_models", "run_config", "progress_bar",
+           "HF_METHODS", "HF_OPTIONS", "assistant_settings", "count_forwards", "cut_at_eos", "hf_generate",
+           "EnergyMeter", "PIT_SEED_OFFSET", "WARMUP_TOKENS", "Recorder", "forward_costs", "generate_once",
+           "machine_info", "measure", "pit_generator", "pit_record", "warm_up", "Prompt", "encode_prompts",
+           "load_prompts", "BenchMethod", "accepted_options", "options_schema", "parse_variant", "plan_methods",
+           "unused_options"]
 
 
 @dataclass
@@ -119,248 +84,6 @@ class BenchConfig:
         return " ".join(parts)
 
 
-# ---- prompts -----------------------------------------------------------------------------
-
-def load_prompts(path: str | Path, limit: int | None = None, categories: list[str] | None = None) -> list[Prompt]:
-    """Spec-Bench rows (question_id, category, turns); the first turn is the prompt.
-
-    --limit takes prompts round-robin over categories (in file order) so a short run still
-    covers every category instead of only the first one in the file."""
-    rows = _read_jsonl(Path(path))
-    if categories:
-        known = list(dict.fromkeys(r["category"] for r in rows))
-        unknown = [c for c in categories if c not in known]
-        if unknown:
-            raise TokenleapError(f"unknown category {unknown[0]!r} in {path}; available: {', '.join(known)}")
-        rows = [r for r in rows if r["category"] in categories]
-    if limit is not None:
-        if limit < 1:
-            raise TokenleapError(f"--limit must be >= 1, got {limit}")
-        rows = _round_robin(rows)[:limit]
-    if not rows:
-        raise TokenleapError(f"no prompts to run in {path}")
-    return [Prompt(i, r["question_id"], r["category"], r["turns"][0]) for i, r in enumerate(rows)]
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise TokenleapError(f"prompt file not found: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TokenleapError(f"{path}, line {number}: bad JSON ({exc.msg})") from None
-            turns = row.get("turns") if isinstance(row, dict) else None
-            if (not isinstance(turns, list) or not turns or not isinstance(turns[0], str)
-                    or "question_id" not in row or not isinstance(row.get("category"), str)):
-                raise TokenleapError(f"{path}, line {number}: need question_id, category (text) "
-                                     "and turns (a non-empty list of text)")
-            rows.append(row)
-    return rows
-
-
-def _round_robin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_category: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_category.setdefault(row["category"], []).append(row)
-    queues = list(by_category.values())
-    out = []
-    for i in range(max(len(q) for q in queues)):
-        out += [q[i] for q in queues if i < len(q)]
-    return out
-
-
-# ---- methods -----------------------------------------------------------------------------
-
-def accepted_options(base: str) -> tuple[str, ...]:
-    if base in HF_METHODS:
-        return HF_METHODS[base]
-    return names(METHODS[base].options)
-
-
-def options_schema(base: str) -> type | None:
-    """The options class that declares a method's options (None for an unknown method)."""
-    return HF_OPTIONS if base in HF_METHODS else METHODS[base].options if base in METHODS else None
-
-
-def parse_variant(entry: str) -> tuple[str, dict[str, Any]]:
-    """"pass@lookahead=2+embeddings=zero" -> ("pass", {"lookahead": 2, "embeddings": "zero"}):
-    one method several times in a run, each with its own options (the entry is its label)."""
-    name, _, spec = entry.partition("@")
-    options: dict[str, Any] = {}
-    for item in filter(None, spec.split("+")):
-        key, eq, text = item.partition("=")
-        if not eq or not key:
-            raise TokenleapError(f"bad method variant {entry!r}: options are key=value joined by '+' "
-                                 "(e.g. pass@lookahead=2+embeddings=zero)")
-        key = key.replace("-", "_")
-        schema = options_schema(name)
-        # An option the method does not take (a typo, an unknown method) stays text: refused later.
-        options[key] = parse_text(kind(schema, key) if schema and key in accepted_options(name) else None, text)
-    return name, options
-
-
-def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[int] | None = None) -> list[BenchMethod]:
-    """The methods to run, each given only the options it accepts. With a gamma sweep, every
-    method taking `gamma` becomes one method per value, named like `sps@g=2`."""
-    if not names:
-        raise TokenleapError("no methods given (--methods ar,sps,...)")
-    available = list(METHODS) + list(HF_METHODS)
-    planned: list[BenchMethod] = []
-    for entry in dict.fromkeys(names):  # a method listed twice runs once
-        name, variant = parse_variant(entry)
-        if name not in available:
-            raise TokenleapError(f"unknown method {name!r}; available: {', '.join(available)}")
-        takes = accepted_options(name)
-        check_known(variant, takes, owner=f"method {name!r}")
-        own = {**{k: v for k, v in options.items() if k in takes}, **variant}
-        needs_draft = name == "hf-assisted" or (name in METHODS and METHODS[name].needs_draft)
-        lossless = name in HF_METHODS or METHODS[name].lossless
-        gammas = sweep_gamma if sweep_gamma and "gamma" in takes and "gamma" not in variant else [None]
-        for g in gammas:
-            opts = own if g is None else {**own, "gamma": g}
-            label = entry if g is None else f"{entry}@g={g}"
-            planned.append(BenchMethod(label, name, opts, needs_draft, lossless))
-    if sweep_gamma and not any("@g=" in m.name for m in planned):
-        raise TokenleapError("--sweep-gamma needs a method with a gamma option among --methods (e.g. sps)")
-    for m in planned:  # bad option values fail now, not mid-run
-        if m.is_hf:
-            m.options = {k: check_value(HF_OPTIONS, k, v, owner=f"method {m.base!r}") for k, v in m.options.items()}
-        else:
-            METHODS[m.base].make_options(m.options)
-    return planned
-
-
-def unused_options(methods: list[BenchMethod], options: dict[str, Any]) -> list[str]:
-    used = {k for m in methods for k in accepted_options(m.base)}
-    return sorted(set(options) - used)
-
-
-# ---- measuring -----------------------------------------------------------------------------
-
-class EnergyMeter:
-    """Cumulative joules: Intel RAPL package counters when readable, else a labelled estimate."""
-
-    WATTS_PER_CORE = 10.0
-    ROOT = "/sys/class/powercap"
-
-    def __init__(self) -> None:
-        # Sub-zones (intel-rapl:0:0, ...) are parts of their package, so only packages are summed.
-        packages = [z for z in sorted(glob.glob(f"{self.ROOT}/intel-rapl:*"))
-                    if re.fullmatch(r"intel-rapl:\d+", os.path.basename(z))]
-        self.zones = [z for z in packages if _read_int(z + "/energy_uj") is not None]  # often root-only
-        self.source = "rapl" if self.zones else f"estimate: process CPU time x {self.WATTS_PER_CORE:g} W per core"
-        self._last = {z: _read_int(z + "/energy_uj") for z in self.zones}
-        self._total_uj = 0
-
-    def read(self) -> float:
-        if not self.zones:
-            # process_time sums CPU seconds over all threads, i.e. core-seconds.
-            return time.process_time() * self.WATTS_PER_CORE
-        for zone in self.zones:
-            now = _read_int(zone + "/energy_uj") or 0
-            delta = now - self._last[zone]
-            if delta < 0:  # the counter wrapped around
-                delta += _read_int(zone + "/max_energy_range_uj") or 0
-            self._total_uj += delta
-            self._last[zone] = now
-        return self._total_uj / 1e6
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def count_forwards(module: torch.nn.Module | None) -> Iterator[list[int]]:
-    """Count calls of a module's forward (HF generate's target or assistant steps)."""
-    calls = [0]
-    handle = None
-    if module is not None:
-        handle = module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    try:
-        yield calls
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def assistant_settings(draft: Model | None, gamma: int | None) -> Iterator[None]:
-    """With a gamma, make HF's assistant draft exactly gamma tokens per round, like sps; the
-    assistant's generation_config is restored afterwards. Without one, HF's defaults apply."""
-    if draft is None or gamma is None:
-        yield
-        return
-    config = draft.hf_model.generation_config
-    wanted = {"num_assistant_tokens": gamma, "num_assistant_tokens_schedule": "constant",
-              "assistant_confidence_threshold": 0.0}
-    saved = {k: getattr(config, k, None) for k in wanted}
-    for k, v in wanted.items():
-        setattr(config, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(config, k, v)
-
-
-def cut_at_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
-    """Ids up to and including the first EOS, as tokenleap's driver counts them."""
-    for i, t in enumerate(ids):
-        if t in eos:
-            return ids[:i + 1]
-    return ids
-
-
-def hf_generate(method: BenchMethod, target: Model, draft: Model | None, prompt_ids: list[int],
-                max_new_tokens: int, sampling: Sampling, seed: int) -> tuple[list[int], DecodeStats]:
-    """HF `generate` (plain or assisted) with the same warping, EOS and length as tokenleap."""
-    eos = sorted(target.eos_token_ids)
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=not sampling.greedy,
-                                  eos_token_id=eos or None, pad_token_id=eos[0] if eos else None,
-                                  repetition_penalty=1.0)  # explicit, so a checkpoint's defaults cannot differ
-    if not sampling.greedy:
-        kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
-    assistant = draft if method.base == "hf-assisted" else None
-    if assistant is not None:
-        kwargs["assistant_model"] = assistant.hf_model
-    ids = torch.tensor([prompt_ids], device=target.hf_model.device)
-    torch.manual_seed(seed)
-    with (count_forwards(target.hf_model) as target_calls,
-          count_forwards(assistant.hf_model if assistant else None) as draft_calls,
-          assistant_settings(assistant, method.options.get("gamma"))):
-        out = target.hf_model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    new = cut_at_eos(out[0, len(prompt_ids):].tolist(), target.eos_token_ids)
-    stats = DecodeStats(method=method.name, prompt_tokens=len(prompt_ids), new_tokens=len(new),
-                        target_forwards=target_calls[0], draft_forwards=draft_calls[0],
-                        **{**target.runtime(), "kernels": "hf"})  # HF's own forward, whatever our runner's layout
-    if assistant is not None:
-        # Every target forward commits one token of its own; the rest were accepted drafts.
-        # HF does not expose how many drafts it proposed, so the acceptance rate stays unknown.
-        stats.accepted = max(0, len(new) - stats.target_forwards)
-    return new, stats
-
-
-def generate_once(method: BenchMethod, target: Model, draft: Model | None, prompt_ids: list[int],
-                  max_new_tokens: int, sampling: Sampling, seed: int) -> tuple[list[int], DecodeStats]:
-    if method.is_hf:
-        return hf_generate(method, target, draft, prompt_ids, max_new_tokens, sampling, seed)
-    result = generate(prompt_ids, method=method.base, model=target, draft=draft if method.needs_draft else None,
-                      max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
-                      top_p=sampling.top_p, seed=seed, **method.options)
-    result.stats.method = method.name
-    return result.token_ids, result.stats
-
-
 # ---- the run -------------------------------------------------------------------------------
 
 def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model, Model | None]:
@@ -378,11 +101,6 @@ def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model,
     return target, draft
 
 
-def machine_info() -> dict[str, Any]:
-    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
-
-
 def run_config(config: BenchConfig, target: Model, draft: Model | None, energy_source: str) -> dict[str, Any]:
     import transformers
 
@@ -397,107 +115,6 @@ def run_config(config: BenchConfig, target: Model, draft: Model | None, energy_s
             "transformers": transformers.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info()}
-
-
-def forward_costs(target: Model, draft: Model | None) -> dict[str, float]:
-    """Target (and draft) decoding-forward times and the draft's cost relative to the target."""
-    costs = {"target_ms": forward_ms(target)}
-    if draft is not None and draft is not target:
-        costs["draft_ms"] = forward_ms(draft)
-        costs["draft_ratio"] = costs["draft_ms"] / costs["target_ms"]
-    return costs
-
-
-class Recorder:
-    """Holds the results and writes results.json atomically, so an interrupted or crashed run
-    still leaves every finished record on disk."""
-
-    def __init__(self, out: Path, config: dict[str, Any], methods: list[BenchMethod]) -> None:
-        self.out = out
-        self.results: dict[str, Any] = {"status": "running", "config": config,
-                                        "methods": [m.info() for m in methods], "summary": {}, "per_prompt": []}
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.results["per_prompt"].append(record)
-
-    def save(self, status: str | None = None) -> Path:
-        from .report import save_results, summarize
-
-        if status:
-            self.results["status"] = status
-        self.results["summary"] = summarize(self.results)
-        self.out.mkdir(parents=True, exist_ok=True)
-        return save_results(self.results, self.out / "results.json")
-
-
-PIT_SEED_OFFSET = 0x5EED_0000
-
-
-def pit_generator(seed: int) -> torch.Generator:
-    """The law check's own uniforms for a record generated with `seed`: another stream than the
-    method's draws, since correlated with them the check would see structure that is not there."""
-    return torch.Generator().manual_seed(PIT_SEED_OFFSET + seed)
-
-
-def pit_record(pit: list[float]) -> list[float | None]:
-    """PIT values as stored: 5 decimals (far finer than a KS test resolves), None for NaN
-    (a token outside the law's support; JSON has no NaN)."""
-    return [None if math.isnan(u) else round(u, 5) for u in pit]
-
-
-def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, repeat: int, seed: int,
-            run: Callable[[list[int], int], tuple[list[int], DecodeStats]], meter: EnergyMeter,
-            score: Callable[[list[int], list[int], int], tuple[float, list[float]]] | None = None,
-            device: torch.device | str = "cpu") -> dict[str, Any]:
-    """One timed generation as a per_prompt record; any exception becomes the record's error.
-    `score` (sampling runs: perplexity and the law check's PIT values) runs after the clock stops."""
-    record: dict[str, Any] = {"question_id": prompt.question_id, "category": prompt.category,
-                              "prompt_index": prompt.index, "method": method.name, "repeat": repeat,
-                              "seed": seed, "tokens": 0, "wall_s": 0.0, "energy_j": 0.0, "token_ids": [],
-                              "stats": None, "ppl": None, "error": None}
-    if isinstance(prompt_ids, str):  # the prompt itself is unusable: every method fails it
-        record["error"] = prompt_ids
-        return record
-    try:
-        synchronize(device)
-        energy0, start = meter.read(), time.perf_counter()
-        token_ids, stats = run(prompt_ids, seed)
-        synchronize(device)  # queued device work belongs to this generation
-        wall = time.perf_counter() - start
-        record.update(tokens=len(token_ids), wall_s=wall, energy_j=meter.read() - energy0, token_ids=token_ids)
-        stats.wall_s = wall  # the harness's clock, identical for every method
-        record["stats"] = stats.to_dict()
-        if score is not None and token_ids:
-            record["ppl"], pit = score(prompt_ids, token_ids, seed)
-            record["pit"] = pit_record(pit)
-    except Exception as exc:  # noqa: BLE001 - one bad prompt must not end the run
-        record["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-    return record
-
-
-def encode_prompts(target: Model, prompts: list[Prompt]) -> dict[int, list[int] | str]:
-    """Token ids per prompt (chat template applied), or the reason a prompt cannot be run."""
-    ids: dict[int, list[int] | str] = {}
-    for p in prompts:
-        try:
-            ids[p.index] = encode_prompt(target, p.text)
-        except TokenleapError as exc:
-            ids[p.index] = f"TokenleapError: {exc}"
-    return ids
-
-
-def warm_up(methods: list[BenchMethod], run_method: Callable[..., Any], prompt_ids: list[int],
-            rounds: int) -> list[str]:
-    """A few untimed generations per method (allocator, caches, lazy init); errors are only noted,
-    since a method that fails here will be reported failed prompt by prompt anyway."""
-    errors = []
-    for _ in range(rounds):
-        for m in methods:
-            try:
-                run_method(m, prompt_ids, 0, WARMUP_TOKENS)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(f"{m.name}: {type(exc).__name__}: {exc}".splitlines()[0])
-    return errors
 
 
 def progress_bar(enabled: bool) -> "Progress":

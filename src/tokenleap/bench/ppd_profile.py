@@ -44,7 +44,7 @@ def add_ppd_profile_command(sub: argparse._SubParsersAction) -> Callable[[argpar
 def cmd_ppd_profile(args: argparse.Namespace) -> int:
     from ..generation import get_model
     from ..models.early_exit import artifact_for
-    from .harness import load_prompts
+    from .prompts import load_prompts
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,7 +67,8 @@ def cmd_ppd_profile(args: argparse.Namespace) -> int:
 def profile(model, prompts: list[str], max_new_tokens: int, heads_path: Path | None, k: int = 3) -> dict[str, Any]:
     """Match rates per (head, d, k) on greedy trajectories, with predicted speedups at `k`."""
     from ..generation import generate
-    from ..methods.ppd import exit_head, exit_states, layer_size, predicted_speedup, simulate_latency
+    from ..methods.ppd_latency import predicted_speedup, simulate_latency
+    from ..models.early_exit import exit_head, exit_states, layer_size
     from ..models.early_exit import load_heads
 
     runner = model.runner

@@ -11,6 +11,8 @@ import numpy as np
 
 from ..decoding.quality import uniformity_pvalue
 from ..errors import TokenleapError
+from ..markdown import fmt as _fmt
+from ..markdown import table as _table
 
 BASELINE = "ar"
 
@@ -154,18 +156,6 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 # ---- markdown ---------------------------------------------------------------------------------
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def _metric_cells(m: dict[str, Any]) -> list[str]:
     return [_fmt(m["tokens_per_s"], 1), _fmt(m["speedup"]), _fmt(m["mean_accepted_length"]),
             _fmt(m["acceptance_rate"]), _fmt(m["target_forwards_per_token"]), _fmt(m["draft_forwards_per_token"]),
@@ -217,8 +207,7 @@ def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) ->
                         [[n] + [_fmt(x) for x in v] + [""] * (width - len(v)) for n, v in accept.items()])
     else:
         lines.append("No method proposed drafts.")
-    lines += _ppd_section(results)
-    lines += _candidates_section(results)
+    lines += _method_sections(results)
     lines += ["", "## Notes", "", *_notes(results)]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
@@ -240,69 +229,17 @@ def _interval(value: float | None, ci: list[float] | None) -> str:
     return "–" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def _ppd_section(results: dict[str, Any]) -> list[str]:
-    """For PPD runs: the latency model's prediction beside the measured speedup, and where
-    the time went (the main stream's layer cost against `ar`'s, branch work, waits)."""
-    from ..methods.ppd import predicted_speedup
+def _method_sections(results: dict[str, Any]) -> list[str]:
+    """Each method's own figures, as the method itself reports them (`MethodStats.report`),
+    over every run of that method that kept them."""
+    from ..methods import METHODS
 
-    runs: dict[str, list[dict]] = {}
+    groups: dict[type, dict[str, list[dict]]] = {}
     for r in results["per_prompt"]:
-        if not r["error"] and "ppd_match_rate" in (r["stats"].get("extra") or {}):
-            runs.setdefault(r["method"], []).append(r)
-    base = results["summary"].get(BASELINE)
-    if not runs:
-        return []
-    lines = ["", "## PPD: predicted vs measured", ""]
-    rows, notes = [], []
-    for name, recs in runs.items():
-        ex = [r["stats"]["extra"] for r in recs]
-        total = lambda key: sum(e[key] for e in ex)  # noqa: E731
-        tokens, wall = sum(r["tokens"] for r in recs), sum(r["wall_s"] for r in recs)
-        layers, d, h = ex[0]["ppd_layers"], ex[0]["ppd_exit_layer"], ex[0]["ppd_head_cost"]
-        p = total("ppd_matches") / max(1, tokens - len(recs))  # every token after a prompt's first
-        predicted = predicted_speedup(p, d, h, layers)
-        main_ms = 1e3 * total("ppd_main_s") / max(1, total("ppd_layers_main"))
-        ar_ms = 1e3 * base["wall_s"] / base["tokens"] / layers if base and base["tokens"] else None
-        measured = results["summary"][name]["speedup"]
-        rows.append([name, f"{d}", f"{p:.2f}", f"{predicted:.2f}", _fmt(measured), f"{main_ms:.2f}",
-                     _fmt(ar_ms), f"{total('ppd_branch_s'):.1f}", f"{total('ppd_exit_head_s'):.2f}",
-                     f"{total('ppd_wait_s'):.2f}", f"{wall:.1f}"])
-        if measured is not None and ar_ms and measured < predicted:
-            notes.append(f"- {name}: the model predicts {predicted:.2f}× from the realised match rate {p:.2f}, "
-                         f"measured {measured:.2f}×. A main-stream layer took {main_ms:.2f} ms against `ar`'s "
-                         f"{ar_ms:.2f} ms, because branch workers share the machine's cores; that alone "
-                         f"scales the prediction to {predicted * ar_ms / main_ms:.2f}×. Branch work took "
-                         f"{total('ppd_branch_s'):.1f} s of {wall:.1f} s wall, the exit head "
-                         f"{total('ppd_exit_head_s'):.2f} s, waits for branches {total('ppd_wait_s'):.2f} s.")
-    lines += _table(["method", "d", "match rate", "predicted", "measured", "main ms/layer", "ar ms/layer",
-                     "branch s", "exit head s", "wait s", "wall s"], rows)
-    return lines + ([""] + notes if notes else [])
-
-
-def _candidates_section(results: dict[str, Any]) -> list[str]:
-    """For greedy PaSS runs with candidates: how often the target took the first guess of each
-    rank (best first), so the marginal worth of one more candidate can be read off."""
-    counts: dict[str, dict[str, float]] = {}  # method -> rank ("1", "2", ..., "none") -> rounds
-    for r in results["per_prompt"]:
-        if r["error"]:
-            continue
-        for key, n in (r["stats"].get("extra") or {}).items():
-            if key.startswith("pass_rank_"):
-                rank = key.removeprefix("pass_rank_")
-                per = counts.setdefault(r["method"], {})
-                per[rank] = per.get(rank, 0) + n
-    if not counts:
-        return []
-    width = max((int(k) for per in counts.values() for k in per if k != "none"), default=0)
-    rows = []
-    for name, per in counts.items():
-        rounds = sum(per.values())
-        hits = [per.get(str(j), 0) / rounds for j in range(1, width + 1)]
-        rows.append([name, f"{rounds:.0f}"] + [f"{h:.3f}" for h in hits] + [f"{sum(hits):.3f}"])
-    lines = ["", "## PaSS candidates: which guess the target took", "",
-             "Share of drafting rounds in which the target's token was the j-th best guess of the "
-             "lookahead block (greedy runs with `candidates` > 1).", ""]
-    return lines + _table(["method", "rounds"] + [f"rank {j}" for j in range(1, width + 1)] + ["any"], rows)
+        spec = METHODS.get(r["method"].partition("@")[0]) if not r["error"] else None  # a variant: its method
+        if spec is not None and spec.stats is not None and r["stats"].get("method_stats"):
+            groups.setdefault(spec.stats, {}).setdefault(r["method"], []).append(r)
+    return [line for kind, runs in groups.items() for line in kind.report(runs, results)]
 
 
 def _categories(summary: dict[str, Any]) -> list[str]:

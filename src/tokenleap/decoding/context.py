@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,6 +11,30 @@ from ..models.loading import Model
 from .cache import KVCache
 from .stats import DecodeStats
 from .warping import Sampling, next_token
+
+
+class CountingRunner:
+    """A model's runner that counts its own forwards into the run's stats: the one place a
+    forward is counted. A forward is a pass that ends in the LM head: `forward`, or `head` for
+    a caller that runs the layers one by one (PPD's main stream). Everything else is the
+    runner's own."""
+
+    def __init__(self, runner: Any, stats: DecodeStats, counter: str) -> None:
+        self.inner, self._stats, self._counter = runner, stats, counter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _count(self) -> None:
+        setattr(self._stats, self._counter, getattr(self._stats, self._counter) + 1)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._count()
+        return self.inner.forward(*args, **kwargs)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        self._count()
+        return self.inner.head(hidden)
 
 
 @dataclass
@@ -23,6 +47,14 @@ class DecodeContext:
     stats: DecodeStats
     max_new_tokens: int
     options: Any  # the method's own options dataclass
+    # The runners methods call: the models' own, counting their forwards into `stats`.
+    target_runner: CountingRunner = field(init=False, repr=False)
+    draft_runner: CountingRunner | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.target_runner = CountingRunner(self.target.runner, self.stats, "target_forwards")
+        self.draft_runner = (CountingRunner(self.draft.runner, self.stats, "draft_forwards")
+                             if self.draft is not None else None)
 
     def new_cache(self, model: Model, batch: int = 1, slack: int = 64) -> KVCache:
         return model.runner.new_cache(batch, len(self.prompt_ids) + self.max_new_tokens + slack)
@@ -38,7 +70,8 @@ def uncached(seq: list[int], cache: KVCache, device: torch.device | str = "cpu")
     return torch.tensor([seq[cache.length:]], dtype=torch.long, device=device)
 
 
-def decode_one_token(ctx: DecodeContext, model: Model, seq: list[int], cache: KVCache) -> int:
-    """One plain step: feed the uncached tail, emit the next token (argmax or a warped draw)."""
-    logits = model.runner.forward(cache, uncached(seq, cache, model.runner.device), last_only=True)
+def decode_one_token(ctx: DecodeContext, seq: list[int], cache: KVCache) -> int:
+    """One plain target step: feed the uncached tail, emit the next token (argmax or a warped draw)."""
+    runner = ctx.target_runner
+    logits = runner.forward(cache, uncached(seq, cache, runner.device), last_only=True)
     return int(next_token(logits[0, -1], ctx.sampling, ctx.generator))

@@ -1,8 +1,37 @@
-"""Per-run statistics every method fills in the same way."""
+"""Per-run statistics: one meaning per field, whichever method filled them in.
+
+- `target_forwards`: passes of the target that end in its LM head, counted by the runner
+  wrapper (`decoding.context.CountingRunner`), never by hand: every verification call, every
+  plain step, PaSS's drafting calls, and for PPD each token's main stream (some start deep).
+- `draft_forwards`: forwards of a draft model, counted the same way (sps, mtad: one per step,
+  whatever the batch of beams). PaSS drafts inside target forwards and PPD's branches are
+  partial target passes (`PPDStats.branches`): 0 for both.
+- `iterations`: verification rounds, i.e. target forwards that judged at least one draft
+  (PPD: tokens, each main stream judging the previous branch's candidates).
+- `proposed` / `accepted`: draft tokens put to the target / kept by it. A tree counts every
+  node it verified as proposed and the accepted path as accepted, so `acceptance_rate` is
+  always "kept / verified". `proposed_at[i]` / `accepted_at[i]` count rounds that offered /
+  kept a draft at depth i + 1 (a tree offers its every depth once per round).
+- `method_stats`: the method's own typed record (`PaSSStats`, `PPDStats`, ...), or None. The
+  bench report reads it through the method (`MethodStats.report`), never by key names.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class MethodStats:
+    """Base of a method's own figures: a dataclass of numbers, serialised with `asdict`."""
+
+    @classmethod
+    def report(cls, runs: dict[str, list[dict[str, Any]]], results: dict[str, Any]) -> list[str]:
+        """Markdown lines for the bench report about every run of this kind: `runs` maps a run's
+        name to its per-prompt records (each with `stats["method_stats"]` as `to_dict` wrote
+        it); `results` is the whole bench result (summary included). None by default."""
+        return []
 
 
 @dataclass
@@ -12,30 +41,31 @@ class DecodeStats:
     new_tokens: int = 0
     target_forwards: int = 0
     draft_forwards: int = 0
-    iterations: int = 0  # verification rounds (one per target forward for most methods)
-    proposed: int = 0  # draft tokens put to the target
-    accepted: int = 0  # draft tokens the target kept
-    proposed_at: list[int] = field(default_factory=list)  # per draft position
+    iterations: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    proposed_at: list[int] = field(default_factory=list)  # per draft depth
     accepted_at: list[int] = field(default_factory=list)
     accepted_hist: dict[int, int] = field(default_factory=dict)  # accepted drafts per round -> count
     wall_s: float = 0.0
     first_token_s: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)  # method-specific counters (e.g. PaSS drafting calls)
+    method_stats: MethodStats | None = None
     # Where the target ran: "cpu"/"cuda:0", "bf16"/"fp32"/"fp16", and its weight layout
     # ("dense", "onednn"; "hf" for the transformers forward).
     device: str = ""
     dtype: str = ""
     kernels: str = ""
 
-    def record_round(self, proposed: int, accepted: int) -> None:
-        """One verification round: `proposed` drafts offered, the first `accepted` kept."""
+    def record_round(self, depth: int, accepted: int, nodes: int | None = None) -> None:
+        """One verification round: drafts offered down to `depth` (`nodes` of them in a tree;
+        a chain's nodes are its depth), and an accepted path of `accepted` drafts."""
         self.iterations += 1
-        self.proposed += proposed
+        self.proposed += depth if nodes is None else nodes
         self.accepted += accepted
-        while len(self.proposed_at) < proposed:
+        while len(self.proposed_at) < depth:
             self.proposed_at.append(0)
             self.accepted_at.append(0)
-        for i in range(proposed):
+        for i in range(depth):
             self.proposed_at[i] += 1
             self.accepted_at[i] += i < accepted
         self.accepted_hist[accepted] = self.accepted_hist.get(accepted, 0) + 1

@@ -2,7 +2,11 @@
 
 A method is a generator `decode(ctx) -> Iterator[list[int]]` that yields blocks of newly
 committed tokens; the driver stops it at EOS, stop strings or max_new_tokens, so methods
-never need to know about stopping beyond not wasting work past `ctx.room(...)`.
+never need to know about stopping beyond not wasting work past `ctx.room(...)`. Where the
+algorithm allows, a method is a drafter (`tokenleap.drafters`) plus an acceptance rule
+(`decoding.accept`) run by the shared loop (`decoding.speculate`): sps and mtad. PaSS and PPD
+keep their own loops (their docstrings say why). A method with its own figures declares a
+typed stats record (`MethodSpec.stats`) that the bench report asks for its section.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from ..decoding.stats import MethodStats
 from ..errors import TokenleapError
 from ..options import build
 from . import ar, mtad, pass_, ppd, sps
+from .ppd_latency import PPDStats
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class MethodSpec:
     needs_draft: bool
     lossless: bool  # output law equals the target's (greedy output equals greedy AR)
     description: str
+    stats: type[MethodStats] | None = None  # the method's own typed stats record, if it keeps one
 
     def make_options(self, values: dict[str, Any]) -> Any:
         """The method's options from keyword values; unknown, ill-typed or out-of-range ones are errors."""
@@ -39,9 +46,11 @@ METHODS: dict[str, MethodSpec] = {
     "mtad-tree": MethodSpec("mtad-tree", mtad.decode_tree, mtad.MTADOptions, needs_draft=True, lossless=False,
                             description="MTAD with the whole beam tree verified in one forward"),
     "pass": MethodSpec("pass", pass_.decode, pass_.PaSSOptions, needs_draft=False, lossless=True,
-                       description="parallel speculative sampling with learned lookahead embeddings"),
+                       description="parallel speculative sampling with learned lookahead embeddings",
+                       stats=pass_.PaSSStats),
     "ppd": MethodSpec("ppd", ppd.decode, ppd.PPDOptions, needs_draft=False, lossless=True,
-                      description="predictive pipelined decoding: early exit + a parallel branch worker (greedy)"),
+                      description="predictive pipelined decoding: early exit + a parallel branch worker (greedy)",
+                      stats=PPDStats),
 }
 
 

@@ -19,7 +19,6 @@ def decode(ctx: DecodeContext) -> Iterator[list[int]]:
     cache = ctx.new_cache(ctx.target)
     while ctx.room(seq) > 0:
         # The first step feeds the whole prompt, every later one the newest token.
-        token = decode_one_token(ctx, ctx.target, seq, cache)
-        ctx.stats.target_forwards += 1
+        token = decode_one_token(ctx, seq, cache)
         seq.append(token)
         yield [token]

@@ -23,24 +23,24 @@ Greedy (temperature 0) needs nothing special: warped distributions are one-hot.
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import torch
 
+from ..decoding import accept
 from ..decoding.cache import KVCache
-from ..decoding.context import DecodeContext, decode_one_token, uncached
-from ..decoding.warping import next_token, pick, sample, warp
+from ..decoding.context import DecodeContext, decode_one_token
+from ..decoding.stats import MethodStats
+from ..decoding.verify import tree_layout, verify_chain, verify_tree
+from ..decoding.warping import next_token, sample, warp
+from ..drafters import lookahead as drafts
+from ..drafters.lookahead import DraftTree
 from ..errors import TokenleapError
-from ..models.loading import Model
-from ..models.registry import ARTIFACTS, REGISTRY
+from ..markdown import table
+from ..models.lookahead import INITS, check_spec, lookahead_embeddings
 from ..options import Options, option
-from .sps import accept_drafts
 
-INITS = ("mean", "zero", "random")  # untrained embeddings; "mean" is the paper's starting point
-TENSOR_KEY = "lookahead"  # the [L, d] tensor inside a lookahead .safetensors file
 SCHEMES = ("one-call", "two-call", "merged")
 AUTO_CANDIDATES = 3
 
@@ -58,7 +58,7 @@ class PaSSOptions(Options):
     def check(self) -> None:
         if self.candidates > 1 and self.scheme != "one-call":
             raise TokenleapError("candidates > 1 needs scheme one-call (a tree of drafts is verified in one call)")
-        check_embeddings_spec(self.embeddings, ("auto",) + INITS)
+        check_spec(self.embeddings, ("auto",) + INITS)
 
     @property
     def guesses(self) -> int:
@@ -67,200 +67,81 @@ class PaSSOptions(Options):
         return self.candidates or (AUTO_CANDIDATES if self.scheme == "one-call" else 1)
 
 
-def check_embeddings_spec(spec: str, kinds: tuple[str, ...]) -> None:
-    """`spec` must be one of `kinds` or an existing .safetensors file (the decoding option and
-    the trainer's --init both name embeddings this way)."""
-    if spec in kinds:
-        return
-    if not spec.endswith(".safetensors"):
-        raise TokenleapError(f"unknown embeddings {spec!r}: use {', '.join(kinds)} or a path to a .safetensors file")
-    if not Path(spec).expanduser().is_file():
-        raise TokenleapError(f"lookahead embeddings file not found: {spec}")
+@dataclass
+class PaSSStats(MethodStats):
+    drafting_calls: int = 0  # target calls that only drafted (no drafts to verify yet)
+    drafting_skipped: int = 0  # merged: drafting calls saved by a fully accepted round
+    # Greedy one-call with several guesses: rounds in which the target took the j-th best guess
+    # (key "j", best first) or none of them ("none"); says what one more candidate pays.
+    guess_taken: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def report(cls, runs: dict[str, list[dict[str, Any]]], results: dict[str, Any]) -> list[str]:
+        counts: dict[str, dict[str, int]] = {}
+        for name, recs in runs.items():
+            for r in recs:
+                for rank, n in r["stats"]["method_stats"]["guess_taken"].items():
+                    per = counts.setdefault(name, {})
+                    per[rank] = per.get(rank, 0) + n
+        if not counts:
+            return []
+        width = max((int(k) for per in counts.values() for k in per if k != "none"), default=0)
+        rows = []
+        for name, per in counts.items():
+            rounds = sum(per.values())
+            hits = [per.get(str(j), 0) / rounds for j in range(1, width + 1)]
+            rows.append([name, f"{rounds:.0f}"] + [f"{h:.3f}" for h in hits] + [f"{sum(hits):.3f}"])
+        lines = ["", "## PaSS candidates: which guess the target took", "",
+                 "Share of drafting rounds in which the target's token was the j-th best guess of the "
+                 "lookahead block (greedy runs with `candidates` > 1).", ""]
+        return lines + table(["method", "rounds"] + [f"rank {j}" for j in range(1, width + 1)] + ["any"], rows)
 
 
-# -- the lookahead embeddings ---------------------------------------------------------------
-def trained_path(model: Model) -> Path | None:
-    """The committed embeddings (`tokenleap train lookahead`) for a registry model, if any."""
-    if model.name not in REGISTRY:
-        return None
-    path = ARTIFACTS / f"{model.name}-pass" / "lookahead.safetensors"
-    return path if path.is_file() else None
-
-
-def initial_embeddings(model: Model, kind: str, n: int) -> torch.Tensor:
-    """Untrained lookahead embeddings [n, d] (float32): mean token embedding, zeros, or random
-    with the embedding table's scale (fixed seed, so a run is reproducible)."""
-    table = model.hf_model.get_input_embeddings().weight.detach().float()
-    if kind == "mean":
-        return table.mean(0).expand(n, -1).clone()
-    if kind == "zero":
-        return table.new_zeros(n, table.shape[1])
-    if kind == "random":
-        noise = torch.randn(n, table.shape[1], generator=torch.Generator().manual_seed(0))
-        return noise * table.std() + table.mean(0)
-    raise TokenleapError(f"unknown embeddings {kind!r}")
-
-
-def load_embeddings(path: str | Path, hidden: int) -> torch.Tensor:
-    """[m, d] float32 lookahead embeddings from a file written by `tokenleap train lookahead`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(Path(path).expanduser()))
-    except (SafetensorError, OSError) as exc:
-        raise TokenleapError(f"cannot read lookahead embeddings {path}: {exc}") from None
-    table = tensors.get(TENSOR_KEY)
-    if table is None or table.ndim != 2 or table.shape[1] != hidden:
-        shape = None if table is None else tuple(table.shape)
-        raise TokenleapError(f"{path} must hold a {TENSOR_KEY!r} tensor of shape [L, {hidden}], got {shape}")
-    return table.float()
-
-
-_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def lookahead_embeddings(model: Model, spec: str, n: int) -> torch.Tensor:
-    """The n lookahead embeddings [n, d] (float32) that `spec` names, cached per model."""
-    hidden = model.hf_model.get_input_embeddings().weight.shape[1]
-    path = trained_path(model) if spec == "auto" else None if spec in INITS else Path(spec).expanduser()
-    key = (spec, n, path, path.stat().st_mtime_ns if path else None)
-    per_model = _CACHE.setdefault(model.hf_model, {})
-    if key in per_model:
-        return per_model[key]
-    if path is None:
-        table = initial_embeddings(model, "mean" if spec == "auto" else spec, n)
-    else:
-        table = load_embeddings(path, hidden)
-        if len(table) < n:
-            if spec != "auto":
-                raise TokenleapError(f"{path} holds {len(table)} lookahead embeddings; lookahead={n} needs {n}")
-            # "auto" asked for more than were trained: the extra ones start untrained.
-            table = torch.cat([table, initial_embeddings(model, "mean", n - len(table))])
-        # A prefix of a trained set is itself a trained set: LA_i only ever sees LA_1..LA_(i-1).
-        table = table[:n]
-    per_model[key] = table
-    return table
-
-
-# -- one iteration ----------------------------------------------------------------------------
+# -- two-call and merged ----------------------------------------------------------------------
 def drafting_call(ctx: DecodeContext, seq: list[int], cache: KVCache, la: torch.Tensor
                   ) -> tuple[int, list[int], torch.Tensor]:
     """[uncached tail, LA_1..LA_n] -> (y, drafts, q [n, V]); the cache keeps only real tokens."""
-    runner = ctx.target.runner
-    ids = uncached(seq, cache, runner.device)  # the whole prompt on the first call, else x_t
-    n_tail = ids.shape[1]
     # Default positions put LA_i where x_(t+i) will be; the ordinary causal mask is all it needs.
-    logits = runner.forward(cache, embeds=torch.cat([runner.embed(ids), la], 1))[0, n_tail - 1:]
-    ctx.stats.target_forwards += 1
+    logits = verify_chain(ctx.target_runner, cache, seq, [], extra_embeds=la)
     cache.rollback(len(seq))  # drop the lookahead K/V: those positions are not tokens
     y = int(next_token(logits[0], ctx.sampling, ctx.generator))
-    q = warp(logits[1:], ctx.sampling)
-    return y, pick(q, ctx.sampling, ctx.generator).tolist(), q
+    return (y, *drafts.chain(logits[1:], ctx))
 
 
-def validation_call(ctx: DecodeContext, seq: list[int], cache: KVCache, drafts: list[int], q: torch.Tensor,
+def validation_call(ctx: DecodeContext, seq: list[int], cache: KVCache, chain: list[int], q: torch.Tensor,
                     la: torch.Tensor | None) -> tuple[list[int], tuple[list[int], torch.Tensor] | None]:
     """[pending token, drafts (, LA...)] -> (new tokens: accepted drafts + one more, and the next
     round's (drafts, q) when merged lookahead rows came with a fully accepted round)."""
-    runner = ctx.target.runner
-    ids = uncached(seq + drafts, cache, runner.device)
-    n_tail, n = ids.shape[1] - len(drafts), len(drafts)
-    embeds = runner.embed(ids) if la is None else torch.cat([runner.embed(ids), la], 1)
-    logits = runner.forward(cache, embeds=embeds)[0, n_tail - 1:]
-    ctx.stats.target_forwards += 1
+    n = len(chain)
+    logits = verify_chain(ctx.target_runner, cache, seq, chain, extra_embeds=la)
     p = warp(logits[: n + 1], ctx.sampling)  # p_1..p_(n+1): rows of the pending token and each draft
-    accepted, z = accept_drafts(drafts, q, p, ctx.generator)
+    accepted, z = accept.speculative(chain, q, p, ctx.generator)
     ctx.stats.record_round(n, accepted)
     cache.rollback(len(seq) + accepted)  # z is pending; rejected drafts and LA rows are forgotten
     carried = None
     if la is not None and accepted == n:
         # The LA rows saw exactly the committed sequence before z, as a drafting call on x_t = d_n
         # would have; z is an exact draw from d_n's row, i.e. the next round's y.
-        q_next = warp(logits[n + 1:], ctx.sampling)
-        carried = (pick(q_next, ctx.sampling, ctx.generator).tolist(), q_next)
-    return drafts[:accepted] + [z], carried
+        carried = drafts.chain(logits[n + 1:], ctx)
+    return chain[:accepted] + [z], carried
 
 
-@dataclass
-class DraftTree:
-    """Drafts for one one-call iteration: node k is `tokens[k]` after node `parents[k]` (-1: the
-    pending token). Sampling: a chain (parents k-1) with each node's draft law in q, or, with
-    candidates, the distinct tokens among i.i.d. `draws` from q[0] for the next position only."""
-
-    tokens: list[int]
-    parents: list[int]
-    q: torch.Tensor | None = None
-    draws: list[int] | None = None
-
-    def depths(self) -> list[int]:
-        out: list[int] = []
-        for parent in self.parents:
-            out.append(1 if parent < 0 else out[parent] + 1)
-        return out
-
-
-def draft_tree(block_logits: torch.Tensor, ctx: DecodeContext, max_depth: int) -> DraftTree:
-    """Drafts from a lookahead block's logits [L, V] (LA_i guesses the i-th token after the
-    pending one). Greedy: the `candidates` best guesses for the first, then the top-1 chain under
-    the best one; sampling: a chain d_i ~ q_i, or with candidates that many i.i.d. draws from
-    q_1 for the first position alone."""
-    depth = min(max_depth, len(block_logits))
-    if depth < 1:
-        return DraftTree([], [])
-    k = ctx.options.guesses
-    if not ctx.sampling.greedy:
-        q = warp(block_logits[: 1 if k > 1 else depth], ctx.sampling)
-        if k == 1:
-            return DraftTree(pick(q, ctx.sampling, ctx.generator).tolist(), list(range(-1, depth - 1)), q)
-        draws = sample(q[0].expand(k, -1), ctx.generator).tolist()
-        tokens = list(dict.fromkeys(draws))
-        return DraftTree(tokens, [-1] * len(tokens), q, draws)
-    first = block_logits[0].topk(k).indices.tolist()
-    chain = block_logits[1:depth].argmax(-1).tolist()
-    # The chain hangs under the best first guess (node 0), each node under the one before.
-    chain_parents = [0] + list(range(len(first), len(first) + len(chain) - 1)) if chain else []
-    return DraftTree(first + chain, [-1] * len(first) + chain_parents)
-
-
-def accept_one_of(draws: list[int], q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None
-                  ) -> tuple[int | None, torch.Tensor]:
-    """Recursive rejection over i.i.d. draws from q, lossless for any number of them: judge each
-    draw by the sps rule against the current law, which becomes norm(max(0, p - q)) after every
-    rejection (so a draw rejected once is never accepted later). Returns (the accepted draw, or
-    None with the law an exact token must then come from)."""
-    for d in draws:
-        if torch.rand((), generator=generator, dtype=torch.float64) < p[d] / q[d]:
-            return d, p
-        residual = (p - q).clamp_min(0)
-        # p == q up to round-off leaves nothing to renormalise; the next draw is then accepted.
-        p = residual / residual.sum() if residual.sum() > 0 else p
-    return None, p
-
-
-def one_call_layout(n_tail: int, tree: DraftTree, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+# -- one-call ---------------------------------------------------------------------------------
+def one_call_layout(n_tail: int, tree: DraftTree, L: int) -> tuple[list[int], torch.Tensor]:
     """Rows [tail, nodes, block_root, block_node_0, ...], each block = LA_1..LA_L after the
-    pending token (root) or a node: (position offsets from the cache end, bool mask). The tail
-    is plainly causal and a node sees the tail and its ancestors, so an accepted path's K/V
-    are those of a plain pass; a block sees what its token sees, itself included, and its own
-    earlier lookahead rows, at the positions a drafting call on that prefix would give them."""
+    pending token (root) or a node: (position offsets from the cache end, bool mask). Tail and
+    nodes are laid out as any verified tree (`tree_layout`); a block sees what its token sees,
+    itself included, and its own earlier lookahead rows, at the positions a drafting call on
+    that prefix would give them."""
     m = len(tree.tokens)
-    depths = tree.depths()
-    size = n_tail + m + (m + 1) * L
-    mask = torch.zeros(size, size, dtype=torch.bool)
-    mask[:n_tail, :n_tail] = torch.ones(n_tail, n_tail, dtype=torch.bool).tril()
-    offsets = list(range(n_tail)) + [n_tail - 1 + d for d in depths]
-    for k, parent in enumerate(tree.parents):
-        row = n_tail + k
-        mask[row] = mask[n_tail - 1] if parent < 0 else mask[n_tail + parent]
-        mask[row, row] = True
+    offsets, mask = tree_layout(n_tail, tree.parents, extra_rows=(m + 1) * L)
     causal = torch.ones(L, L, dtype=torch.bool).tril()
-    for b, (owner, depth) in enumerate([(n_tail - 1, 0)] + [(n_tail + k, d) for k, d in enumerate(depths)]):
+    for b, (owner, depth) in enumerate([(n_tail - 1, 0)] + [(n_tail + k, d) for k, d in enumerate(tree.depths())]):
         rows = slice(n_tail + m + b * L, n_tail + m + (b + 1) * L)
         mask[rows] = mask[owner]
         mask[rows, rows] = causal
         offsets += range(n_tail + depth, n_tail + depth + L)
-    return torch.tensor(offsets), mask
+    return offsets, mask
 
 
 def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree, la: torch.Tensor
@@ -268,41 +149,30 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
     """[pending tail, draft nodes, LA blocks] -> (accepted drafts + one more token, the logits of
     the lookahead block after the last accepted token: the next drafts). With no drafts (the
     first call) this is a drafting call whose exact token comes from the tail's last row."""
-    runner = ctx.target.runner
     start, m, L = cache.length, len(tree.tokens), la.shape[1]
-    ids = torch.tensor([seq[start:] + tree.tokens], device=runner.device)
-    n_tail = ids.shape[1] - m
+    n_tail = len(seq) - start
     offsets, mask = one_call_layout(n_tail, tree, L)
-    embeds = torch.cat([runner.embed(ids), la.expand(1, -1, -1).repeat(1, m + 1, 1)], 1)
-    logits = runner.forward(cache, embeds=embeds, positions=start + offsets.to(runner.device), attn_mask=mask)[0]
-    ctx.stats.target_forwards += 1
+    logits = verify_tree(ctx.target_runner, cache, seq, tree.tokens, tree.parents,
+                         extra=(la.expand(1, -1, -1).repeat(1, m + 1, 1), offsets, mask))
+    stats: PaSSStats = ctx.stats.method_stats
     if ctx.sampling.greedy:
-        # Walk down from the pending token while a child is the target's argmax.
-        path, row = [], n_tail - 1
-        while True:
-            z = int(logits[row].argmax())
-            child = next((k for k, (t, par) in enumerate(zip(tree.tokens, tree.parents))
-                          if t == z and par == (path[-1] if path else -1)), None)
-            if child is None:
-                break
-            path.append(child)
-            row = n_tail + child
+        path, z = accept.greedy_walk(tree.tokens, tree.parents, logits[n_tail - 1: n_tail + m].argmax(-1).tolist())
     elif tree.draws:  # several guesses for one position
-        token, law = accept_one_of(tree.draws, tree.q[0], warp(logits[n_tail - 1], ctx.sampling), ctx.generator)
+        token, law = accept.recursive_rejection(tree.draws, tree.q[0], warp(logits[n_tail - 1], ctx.sampling),
+                                                ctx.generator)
         path = [] if token is None else [tree.tokens.index(token)]
         if path:
             law = warp(logits[n_tail + path[0]], ctx.sampling)
         z = int(sample(law, ctx.generator))
-    else:  # a chain, judged by the sps rule
+    else:  # a chain, judged by the speculative rule
         p = warp(logits[n_tail - 1: n_tail + m], ctx.sampling)
-        accepted, z = accept_drafts(tree.tokens, tree.q, p, ctx.generator)
+        accepted, z = accept.speculative(tree.tokens, tree.q, p, ctx.generator)
         path = list(range(accepted))
     if m:
-        ctx.stats.record_round(max(tree.depths()), len(path))
+        ctx.stats.record_round(max(tree.depths()), len(path), nodes=m)
         if ctx.sampling.greedy and ctx.options.guesses > 1:
-            # Which of the first guesses (best first) the target took: says what k pays.
-            key = f"pass_rank_{path[0] + 1}" if path else "pass_rank_none"
-            ctx.stats.extra[key] = ctx.stats.extra.get(key, 0) + 1
+            rank = str(path[0] + 1) if path else "none"
+            stats.guess_taken[rank] = stats.guess_taken.get(rank, 0) + 1
     # Keep the accepted path's K/V after the tail; z is pending; other nodes and every LA row go.
     cache.keep_positions(start + n_tail, torch.tensor(path, dtype=torch.long))
     block = n_tail + m + (1 + path[-1] if path else 0) * L
@@ -316,16 +186,19 @@ def decode_one_call(ctx: DecodeContext, la: torch.Tensor) -> Iterator[list[int]]
     block_logits = None  # the first call has no drafts: it is a drafting call
     while (room := ctx.room(seq)) > 0:
         # Never draft past max_new_tokens or the context: accepted drafts + z <= room.
-        tree = DraftTree([], []) if block_logits is None else draft_tree(block_logits, ctx, room - 1)
+        tree = DraftTree([], []) if block_logits is None else drafts.tree(block_logits, ctx, room - 1, k)
         if not tree.tokens:  # the first call, and the last when one token is left
-            ctx.stats.extra["drafting_calls"] = ctx.stats.extra.get("drafting_calls", 0) + 1
+            ctx.stats.method_stats.drafting_calls += 1
         block, block_logits = one_call(ctx, seq, cache, tree, la)
         seq.extend(block)
         yield block
 
 
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:
-    opts = ctx.options
+    """PaSS keeps its own loops: its drafts come out of the target's own calls, and how those
+    calls are arranged (the scheme) is the method; verification and acceptance are shared."""
+    opts, stats = ctx.options, PaSSStats()
+    ctx.stats.method_stats = stats
     runner = ctx.target.runner
     la = lookahead_embeddings(ctx.target, opts.embeddings, opts.lookahead).to(runner.device, runner.dtype)[None]
     if opts.scheme == "one-call":
@@ -337,22 +210,21 @@ def decode(ctx: DecodeContext) -> Iterator[list[int]]:
     while (room := ctx.room(seq)) > 0:
         if carried is None:
             if room < 3:  # no room for y, a draft and z: the last tokens come one by one
-                block = [decode_one_token(ctx, ctx.target, seq, cache)]
-                ctx.stats.target_forwards += 1
+                block = [decode_one_token(ctx, seq, cache)]
                 seq.extend(block)
                 yield block
                 continue
             # Never draft past max_new_tokens or the context: y + n drafts + z <= room.
-            y, drafts, q = drafting_call(ctx, seq, cache, la[:, : min(opts.lookahead, room - 2)])
-            ctx.stats.extra["drafting_calls"] = ctx.stats.extra.get("drafting_calls", 0) + 1
+            y, chain, q = drafting_call(ctx, seq, cache, la[:, : min(opts.lookahead, room - 2)])
+            stats.drafting_calls += 1
             seq.append(y)
             yield [y]  # exact already: stream it before validating the drafts
             room -= 1
         else:
-            drafts, q = carried
-            ctx.stats.extra["drafting_skipped"] = ctx.stats.extra.get("drafting_skipped", 0) + 1
+            chain, q = carried
+            stats.drafting_skipped += 1
         # Merged: lookahead rows for the round after this one, only as many as it may use.
-        n_next = min(opts.lookahead, room - len(drafts) - 2) if opts.scheme == "merged" else 0
-        block, carried = validation_call(ctx, seq, cache, drafts, q, la[:, :n_next] if n_next > 0 else None)
+        n_next = min(opts.lookahead, room - len(chain) - 2) if opts.scheme == "merged" else 0
+        block, carried = validation_call(ctx, seq, cache, chain, q, la[:, :n_next] if n_next > 0 else None)
         seq.extend(block)
         yield block

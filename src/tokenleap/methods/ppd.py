@@ -39,18 +39,17 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
 from ..decoding.cache import StaticKVCache
 from ..decoding.context import DecodeContext
 from ..errors import TokenleapError
-from ..models.early_exit import artifact_for, load_heads
+from ..models.early_exit import exit_head
 from ..models.llama import LlamaRunner
-from ..models.loading import Model
 from ..options import Options, option
+from .ppd_latency import PPDStats, simulate_latency
 
 
 @dataclass
@@ -70,96 +69,6 @@ class PPDOptions(Options):
             raise TokenleapError(f"head_cost must be >= 0 (or -1 = estimate), got {self.head_cost}")
         if not self.head:
             raise TokenleapError("head must be auto, shared, trained or a path to trained heads")
-
-
-# -- the exit head -------------------------------------------------------------------------
-@dataclass
-class EarlyExit:
-    """What PPD asks of an exit head: candidates from a layer-d state, and their cost."""
-
-    kind: str  # "shared" or "trained"
-    layer: int  # d
-    topk: Callable[[torch.Tensor, int], torch.Tensor]  # hidden [..., D] -> candidate ids [..., k]
-    cost: float  # h: multiply-adds per token relative to one layer's
-
-
-_HEADS: dict[tuple[str, int], tuple[LlamaRunner, dict, dict]] = {}
-
-
-def layer_size(runner: LlamaRunner) -> int:
-    """Multiply-adds of one transformer layer per token (its weight count): the latency unit."""
-    layer = runner.layers[0]
-    return sum(w.numel() for w in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w))
-
-
-def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExit:
-    """The early-exit head `head` names, at layer `exit_layer` (0 = default) of `model`."""
-    runner = model.runner
-    if not isinstance(runner, LlamaRunner):
-        raise TokenleapError("ppd needs per-layer access to the model: load it with the lean runner "
-                             "(runner='lean'; Llama-family models)")
-    layers = runner.num_layers
-    path = artifact_for(model.name) if head in ("auto", "trained") else None if head == "shared" else Path(head)
-    if head == "trained" and path is None:
-        raise TokenleapError(f"no trained early-exit heads are committed for model {model.name!r}: "
-                             "train them with `tokenleap train early-exit` and pass head=<path>")
-    if path is not None:
-        key = (str(Path(path).resolve()), id(runner))
-        if key not in _HEADS or _HEADS[key][0] is not runner:
-            _HEADS[key] = (runner, *load_heads(path, model))
-        _, heads, config = _HEADS[key]
-        d = exit_layer or config["default_layer"]
-        if d in heads:
-            trained = heads[d]
-            return EarlyExit("trained", d, trained.topk, trained.cost_params() / layer_size(runner))
-        if head != "auto":
-            raise TokenleapError(f"the trained heads in {path} cover exit layers {sorted(heads)}, not {d}")
-    d = exit_layer or (layers + 1) // 2
-    if not 1 <= d < layers:
-        raise TokenleapError(f"exit_layer must be in 1..{layers - 1} for a {layers}-layer model, got {d}")
-    return EarlyExit("shared", d, lambda h, k: runner.head(h).topk(k, dim=-1).indices,
-                    runner.head_w.numel() / layer_size(runner))
-
-
-@torch.no_grad()
-def exit_states(model: Model, ids: list[int], layers: list[int]) -> dict[int, torch.Tensor]:
-    """Teacher-forced hidden states [T, D] of every position of `ids` after d layers, for each d."""
-    runner = model.runner
-    cache = runner.new_cache(1, len(ids))
-    x = runner.embed(torch.tensor([ids]))
-    out, done = {}, 0
-    for d in sorted(layers):
-        x = runner.hidden_states(cache, x, layers=range(done, d))  # cache.length stays 0: same positions
-        out[d], done = x[0], d
-    return out
-
-
-@torch.no_grad()
-def teacher_forced_matches(model: Model, head: EarlyExit, prompt_ids: list[int], generated: list[int], k: int
-                           ) -> list[bool]:
-    """Offline match indicator: generated[i] is among the head's top-k at the position before it."""
-    states = exit_states(model, prompt_ids + generated[:-1], [head.layer])[head.layer][len(prompt_ids) - 1:]
-    candidates = head.topk(states, k)
-    return [bool((c == t).any()) for c, t in zip(candidates, generated)]
-
-
-# -- the latency model ---------------------------------------------------------------------
-def simulate_latency(layers: int, d: int, h: float, matches: list[bool], tokens: int) -> list[float]:
-    """Latency of each emitted token in layer units under the schedule above: unit-time layers,
-    free extra compute, the head costing h on the branch. matches[i]: token i was a candidate."""
-    out, head_start = [], 0.0  # layers the current stream has done when it becomes main
-    for i in range(tokens):
-        out.append(layers - head_start)
-        # The branch starts h after the stream passes layer d (or, past it already, at once)
-        # and runs while main finishes; it never goes beyond l-d layers.
-        ahead = layers - d - h if head_start <= d else layers - head_start - h
-        head_start = min(max(ahead, 0.0), layers - d) if i < len(matches) and matches[i] else 0.0
-    return out
-
-
-def predicted_speedup(p: float, d: int, h: float, layers: int) -> float:
-    """The spec's latency model: 1 / (1 - p (1 - (d+h)/l))."""
-    return 1.0 / (1.0 - p * (1.0 - (d + h) / layers))
 
 
 # -- the pipeline --------------------------------------------------------------------------
@@ -270,7 +179,7 @@ class Pipeline:
             if m + 1 == self.d and branch is not None:
                 self._spawn(branch, x[:, -1:])
         t1 = time.perf_counter()
-        token = int(runner.head(x[:, -1:])[0, -1].argmax())
+        token = int(self.ctx.target_runner.head(x[:, -1:])[0, -1].argmax())  # counted: a target forward
         self.times["main"] += time.perf_counter() - t0
         self.times["main_head"] += time.perf_counter() - t1
         self.counts["layers_main"] += self.l - s.done
@@ -393,35 +302,30 @@ class Pipeline:
 
     # -- statistics ------------------------------------------------------------------------
     def report(self) -> None:
-        stats, c, t = self.ctx.stats, self.counts, self.times
-        stats.target_forwards = stats.iterations = c["tokens"]  # one full-depth stream per token
-        stats.draft_forwards = c["branches"]  # partial forwards of k rows
+        c, t = self.counts, self.times
+        # target_forwards (one main stream per token, ending in the LM head) are counted by the
+        # runner as they run; branches are partial target passes, not draft forwards: PPDStats.
+        self.ctx.stats.iterations = c["tokens"]
         matches = sum(self.matches)
         layer_s = (t["main"] - t["main_head"]) / c["layers_main"] if c["layers_main"] else 0.0
-        extra = {
-            "ppd_exit_layer": self.d, "ppd_layers": self.l, "ppd_candidates": self.k,
-            "ppd_head_trained": float(self.head.kind == "trained"), "ppd_head_cost": self.h,
-            "ppd_workers": self.opts.workers, "ppd_branches": c["branches"], "ppd_matches": matches,
-            "ppd_match_rate": matches / len(self.matches) if self.matches else 0.0,
-            "ppd_promoted_layers_mean": c["layers_promoted"] / matches if matches else 0.0,
-            "ppd_layers_main": c["layers_main"], "ppd_layers_promoted": c["layers_promoted"],
-            "ppd_layers_branch": c["layers_branch"], "ppd_branch_layers_max": c["branch_layers_max"],
-            "ppd_scratch_live": len(self._live), "ppd_scratch_released": c["released"],
-            "ppd_main_s": t["main"], "ppd_branch_s": t["branch"], "ppd_exit_head_s": t["exit_head"],
-            "ppd_wait_s": t["wait"], "ppd_promote_s": t["promote"], "ppd_layer_ms": 1e3 * layer_s,
-        }
+        stats = PPDStats(
+            exit_layer=self.d, layers=self.l, candidates=self.k, head_trained=self.head.kind == "trained",
+            head_cost=self.h, workers=self.opts.workers, branches=c["branches"], matches=matches,
+            match_rate=matches / len(self.matches) if self.matches else 0.0,
+            promoted_layers_mean=c["layers_promoted"] / matches if matches else 0.0,
+            layers_main=c["layers_main"], layers_promoted=c["layers_promoted"], layers_branch=c["layers_branch"],
+            branch_layers_max=c["branch_layers_max"], scratch_live=len(self._live), scratch_released=c["released"],
+            main_s=t["main"], branch_s=t["branch"], exit_head_s=t["exit_head"], wait_s=t["wait"],
+            promote_s=t["promote"], layer_ms=1e3 * layer_s)
         if self.opts.simulate and c["tokens"]:
-            sim = sum(simulate_latency(self.l, self.d, self.h, self.matches, c["tokens"]))
-            model = self.l + sum(self.d + self.h if m else self.l for m in self.matches[: c["tokens"] - 1])
+            stats.sim_units = sum(simulate_latency(self.l, self.d, self.h, self.matches, c["tokens"]))
+            stats.model_units = self.l + sum(self.d + self.h if m else self.l for m in self.matches[: c["tokens"] - 1])
+            stats.ar_units = float(self.l * c["tokens"])
+            stats.sim_speedup = self.l * c["tokens"] / stats.sim_units
             head_s = t["exit_head"] / c["branches"] if c["branches"] else 0.0
-            extra.update({
-                "ppd_sim_units": sim, "ppd_model_units": model, "ppd_ar_units": float(self.l * c["tokens"]),
-                "ppd_sim_speedup": self.l * c["tokens"] / sim,
-                # the same schedule with the measured costs: a layer, the exit head, the final head
-                "ppd_measured_head_cost": head_s / layer_s if layer_s else 0.0,
-                "ppd_sim_s": sim * layer_s + t["main_head"],
-            })
-        stats.extra.update(extra)
+            stats.measured_head_cost = head_s / layer_s if layer_s else 0.0
+            stats.sim_s = stats.sim_units * layer_s + t["main_head"]
+        self.ctx.stats.method_stats = stats
 
 
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:

@@ -18,19 +18,25 @@ vocab_subset.json, config.json (dimensions, layers, the layer to use by default)
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import TokenleapError
-from .registry import ARTIFACTS
+from .llama import LlamaRunner
+from .registry import artifact_dir
+
+if TYPE_CHECKING:
+    from .loading import Model
 
 
 def artifact_for(model_name: str) -> Path | None:
     """The committed trained-head artifact for a registry model name, if there is one."""
-    path = ARTIFACTS / f"{model_name}-ppd"
+    path = artifact_dir(model_name, "ppd")
     return path if (path / "heads.safetensors").is_file() else None
 
 
@@ -105,3 +111,69 @@ def load_heads(path: str | Path, model, dtype: torch.dtype | None = None) -> tup
         head.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"layer{d}.")})
         head.requires_grad_(False).eval()
     return heads, config
+
+
+# -- PPD's use of the heads -----------------------------------------------------------------
+@dataclass
+class EarlyExit:
+    """What PPD asks of an exit head: candidates from a layer-d state, and their cost."""
+
+    kind: str  # "shared" or "trained"
+    layer: int  # d
+    topk: Callable[[torch.Tensor, int], torch.Tensor]  # hidden [..., D] -> candidate ids [..., k]
+    cost: float  # h: multiply-adds per token relative to one layer's
+
+
+def layer_size(runner: LlamaRunner) -> int:
+    """Multiply-adds of one transformer layer per token (its weight count): the latency unit."""
+    layer = runner.layers[0]
+    return sum(w.numel() for w in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w))
+
+
+def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExit:
+    """The early-exit head `head` names, at layer `exit_layer` (0 = default) of `model`."""
+    runner = model.runner
+    if not isinstance(runner, LlamaRunner):
+        raise TokenleapError("ppd needs per-layer access to the model: load it with the lean runner "
+                             "(runner='lean'; Llama-family models)")
+    layers = runner.num_layers
+    path = artifact_for(model.name) if head in ("auto", "trained") else None if head == "shared" else Path(head)
+    if head == "trained" and path is None:
+        raise TokenleapError(f"no trained early-exit heads are committed for model {model.name!r}: "
+                             "train them with `tokenleap train early-exit` and pass head=<path>")
+    if path is not None:
+        # Kept by the model (rebuilt on its LM head, so they belong to it), read once per file.
+        heads, config = model.memo(("exit-heads", str(Path(path).resolve())), lambda: load_heads(path, model))
+        d = exit_layer or config["default_layer"]
+        if d in heads:
+            trained = heads[d]
+            return EarlyExit("trained", d, trained.topk, trained.cost_params() / layer_size(runner))
+        if head != "auto":
+            raise TokenleapError(f"the trained heads in {path} cover exit layers {sorted(heads)}, not {d}")
+    d = exit_layer or (layers + 1) // 2
+    if not 1 <= d < layers:
+        raise TokenleapError(f"exit_layer must be in 1..{layers - 1} for a {layers}-layer model, got {d}")
+    return EarlyExit("shared", d, lambda h, k: runner.head(h).topk(k, dim=-1).indices,
+                    runner.head_w.numel() / layer_size(runner))
+
+
+@torch.no_grad()
+def exit_states(model: Model, ids: list[int], layers: list[int]) -> dict[int, torch.Tensor]:
+    """Teacher-forced hidden states [T, D] of every position of `ids` after d layers, for each d."""
+    runner = model.runner
+    cache = runner.new_cache(1, len(ids))
+    x = runner.embed(torch.tensor([ids]))
+    out, done = {}, 0
+    for d in sorted(layers):
+        x = runner.hidden_states(cache, x, layers=range(done, d))  # cache.length stays 0: same positions
+        out[d], done = x[0], d
+    return out
+
+
+@torch.no_grad()
+def teacher_forced_matches(model: Model, head: EarlyExit, prompt_ids: list[int], generated: list[int], k: int
+                           ) -> list[bool]:
+    """Offline match indicator: generated[i] is among the head's top-k at the position before it."""
+    states = exit_states(model, prompt_ids + generated[:-1], [head.layer])[head.layer][len(prompt_ids) - 1:]
+    candidates = head.topk(states, k)
+    return [bool((c == t).any()) for c, t in zip(candidates, generated)]

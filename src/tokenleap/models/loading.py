@@ -6,9 +6,10 @@ import functools
 import hashlib
 import json
 import shutil
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -21,6 +22,7 @@ from .registry import REGISTRY, SUBSET_FILE, cache_home
 from .runner import Runner
 
 Messages = list[dict[str, str]]
+MEMO_SIZE = 8  # artifacts kept per model (see Model.memo)
 
 
 @dataclass
@@ -36,6 +38,19 @@ class Model:
     # Models made from this one (self-drafts, by their spec "self:int8"), owned here so they live
     # and die with it; at most one per quantization.
     derived: dict[str, "Model"] = field(default_factory=dict, repr=False, compare=False)
+    # Artifacts loaded for this model (lookahead embeddings, early-exit heads), owned here so
+    # they die with it; at most MEMO_SIZE, the least recently used dropped first.
+    _memo: "OrderedDict[tuple, Any]" = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
+
+    def memo(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """`make()`, computed once per key for this model (see `_memo`)."""
+        if key in self._memo:
+            self._memo.move_to_end(key)
+        else:
+            self._memo[key] = make()
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+        return self._memo[key]
 
     @property
     def config(self):
@@ -136,7 +151,8 @@ def gguf_checkpoint(gguf_path: Path) -> Path:
 def locate(name_or_path: str) -> str:
     """A local checkpoint directory (or hub id) for a registry name, path or GGUF file."""
     if name_or_path in REGISTRY:
-        found = REGISTRY[name_or_path].locate()
+        entry = REGISTRY[name_or_path]
+        found = entry.locate(Path(locate(entry.base))) if entry.base else entry.locate()
         return str(gguf_checkpoint(found) if found.suffix == ".gguf" else found)
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":

@@ -24,8 +24,12 @@ def cache_home() -> Path:
 class RegistryEntry:
     name: str
     description: str
-    locate: Callable[[], Path]  # returns a .gguf file or an HF checkpoint directory
+    # Returns a .gguf file or an HF checkpoint directory. With `base`, it is handed the base
+    # model's checkpoint directory (a draft assembled on its target's weights), so the registry
+    # never needs the loader.
+    locate: Callable[..., Path]
     default_draft: str | None = None
+    base: str | None = None
 
 
 def smollm2_gguf() -> Path:
@@ -43,6 +47,13 @@ def smollm2_gguf() -> Path:
 
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACT_KINDS = ("draft", "pass", "ppd")  # a draft model, lookahead embeddings, early-exit heads
+
+
+def artifact_dir(model_name: str, kind: str) -> Path:
+    """Where the committed trained artifact of `kind` for a model lives: artifacts/<name>-<kind>."""
+    assert kind in ARTIFACT_KINDS, kind
+    return ARTIFACTS / f"{model_name}-{kind}"
 SUBSET_FILE = "tokenleap_vocab_subset.json"  # beside a checkpoint: the lean runner's reduced head
 
 
@@ -76,14 +87,13 @@ def assemble_draft(artifact: Path, target_dir: Path, out: Path) -> Path:
     return out
 
 
-def smollm2_draft() -> Path:
-    """The committed draft of smollm2-135m (`tokenleap train draft`), assembled once."""
-    from .loading import locate
-
-    art = ARTIFACTS / "smollm2-135m-draft"
+def smollm2_draft(target_dir: Path) -> Path:
+    """The committed draft of smollm2-135m (`tokenleap train draft`), assembled once on the
+    target's checkpoint directory."""
+    art = artifact_dir("smollm2-135m", "draft")
     if not (art / "draft_layers.safetensors").is_file():
         raise TokenleapError("the smollm2-135m-draft artifact is missing; make it with `tokenleap train draft`")
-    return assemble_draft(art, Path(locate("smollm2-135m")),
+    return assemble_draft(art, target_dir,
                           cache_home() / "checkpoints" / f"smollm2-135m-draft-{draft_digest(art)}")
 
 
@@ -102,7 +112,7 @@ REGISTRY: dict[str, RegistryEntry] = {
         smollm2_gguf, default_draft="smollm2-135m-draft"),
     "smollm2-135m-draft": RegistryEntry(
         "smollm2-135m-draft", "4-layer draft distilled from smollm2-135m (committed artifact; tokenleap train draft)",
-        smollm2_draft),
+        smollm2_draft, base="smollm2-135m"),
 }
 
 DEFAULT_MODEL = "smollm2-135m"

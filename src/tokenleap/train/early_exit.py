@@ -9,7 +9,7 @@
    with the cross-entropy against the target's renormalised top-k (what the final layers would
    say), like the draft trainer's loss. Only the heads train; the target is never touched.
 4. export: heads (bf16) + vocabulary + the default exit layer: the one whose held-out match
-   rate gives the best speedup under PPD's latency model (methods/ppd.py, simulate_latency).
+   rate gives the best speedup under PPD's latency model (methods/ppd_latency.py, simulate_latency).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..methods.ppd import exit_states, layer_size, simulate_latency
-from ..models.early_exit import ExitHead, new_heads, save_heads
+from ..methods.ppd_latency import simulate_latency
+from ..models.early_exit import ExitHead, exit_states, layer_size, new_heads, save_heads
 from ..models.loading import Model
 from ..options import Options, option
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything

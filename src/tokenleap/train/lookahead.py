@@ -27,13 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from ..errors import TokenleapError
-from ..methods.pass_ import INITS, TENSOR_KEY, check_embeddings_spec, lookahead_embeddings
 from ..models.hf import additive_mask
 from ..models.loading import Model
+from ..models.lookahead import INITS, check_spec, lookahead_embeddings, save_embeddings
 from ..options import Options, option
 from .common import load_checkpoint, progress, save_checkpoint, seed_everything
 from .draft import DraftTrainConfig, dataset_shards, load_records
@@ -61,7 +60,7 @@ class LookaheadTrainConfig(Options):
     save_every: int = option(10, "steps between checkpoints", minimum=1)
 
     def check(self) -> None:
-        check_embeddings_spec(self.init, INITS)
+        check_spec(self.init, INITS)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -219,10 +218,7 @@ def train_lookahead(target: Model, cfg: LookaheadTrainConfig, artifact_dir: str 
 
 def export_embeddings(la: torch.Tensor, cfg: LookaheadTrainConfig, metrics: dict, artifact_dir: Path,
                       model_name: str, command: str | None = None) -> None:
-    """Write what is committed: lookahead.safetensors ([L, d], fp32: a few KB) and training.json."""
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    save_file({TENSOR_KEY: la.float().contiguous()}, str(artifact_dir / "lookahead.safetensors"),
-              metadata={"format": "pt", "model": model_name})
+    """Write what is committed: the embeddings and how they were made."""
     record = {"command": command or " ".join(sys.argv), "model": model_name, "config": asdict(cfg),
               "metrics": metrics, "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (artifact_dir / "training.json").write_text(json.dumps(record, indent=2))
+    save_embeddings(la, artifact_dir, model_name, record)

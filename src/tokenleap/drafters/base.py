@@ -1,0 +1,31 @@
+"""The drafter interface (like HF's `get_candidates` / `update_candidate_strategy`, or vLLM's
+`propose`): what the speculative loop asks of any source of drafts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Draft:
+    """Draft tokens for one round, and what acceptance rules may need to judge them."""
+
+    tokens: list[int]
+    q: torch.Tensor | None = None  # [n, V] the warped draft law at each position (sampling rules)
+    logq: torch.Tensor | None = None  # [n] log q of each proposed token (MTAD's joint rule)
+
+
+class Drafter(Protocol):
+    def max_drafts(self, room: int) -> int:
+        """Drafts to propose when `room` new tokens are still allowed (the target emits one
+        more after them); 0 means "take a plain target step instead"."""
+
+    def propose(self, seq: list[int], n: int) -> Draft:
+        """Up to n drafts to follow the committed sequence `seq`."""
+
+    def commit(self, seq: list[int], valid: int) -> None:
+        """The round is judged: the first `valid` positions of seq + drafts are committed
+        (the token emitted after them is not yet fed to anything). Drop the rest."""

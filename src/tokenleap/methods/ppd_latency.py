@@ -1,0 +1,97 @@
+"""PPD's latency model and its typed stats record, with the bench report section that puts the
+model's prediction beside the measured speedup. (The pipeline itself is `ppd.py`.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..decoding.stats import MethodStats
+from ..markdown import fmt, table
+
+
+def simulate_latency(layers: int, d: int, h: float, matches: list[bool], tokens: int) -> list[float]:
+    """Latency of each emitted token in layer units under the schedule above: unit-time layers,
+    free extra compute, the head costing h on the branch. matches[i]: token i was a candidate."""
+    out, head_start = [], 0.0  # layers the current stream has done when it becomes main
+    for i in range(tokens):
+        out.append(layers - head_start)
+        # The branch starts h after the stream passes layer d (or, past it already, at once)
+        # and runs while main finishes; it never goes beyond l-d layers.
+        ahead = layers - d - h if head_start <= d else layers - head_start - h
+        head_start = min(max(ahead, 0.0), layers - d) if i < len(matches) and matches[i] else 0.0
+    return out
+
+
+def predicted_speedup(p: float, d: int, h: float, layers: int) -> float:
+    """The spec's latency model: 1 / (1 - p (1 - (d+h)/l))."""
+    return 1.0 / (1.0 - p * (1.0 - (d + h) / layers))
+
+
+
+
+@dataclass
+class PPDStats(MethodStats):
+    """What one PPD run did, and where its time went (seconds are wall time on each worker)."""
+
+    exit_layer: int = 0  # d
+    layers: int = 0  # l
+    candidates: int = 0  # k
+    head_trained: bool = False
+    head_cost: float = 0.0  # h, layer units
+    workers: int = 0
+    branches: int = 0
+    matches: int = 0
+    match_rate: float = 0.0
+    promoted_layers_mean: float = 0.0
+    layers_main: int = 0
+    layers_promoted: int = 0
+    layers_branch: int = 0
+    branch_layers_max: int = 0
+    scratch_live: int = 0  # branches not yet released when the run ended (0 after close)
+    scratch_released: int = 0
+    main_s: float = 0.0
+    branch_s: float = 0.0
+    exit_head_s: float = 0.0
+    wait_s: float = 0.0
+    promote_s: float = 0.0
+    layer_ms: float = 0.0
+    # With simulate=True: the tick simulator's latency beside the spec's model, in layer units,
+    # and the same schedule with the measured costs (a layer, the exit head, the final head).
+    sim_units: float | None = None
+    model_units: float | None = None
+    ar_units: float | None = None
+    sim_speedup: float | None = None
+    measured_head_cost: float | None = None
+    sim_s: float | None = None
+
+    @classmethod
+    def report(cls, runs: dict[str, list[dict[str, Any]]], results: dict[str, Any]) -> list[str]:
+        """The latency model's prediction beside the measured speedup, and where the time went
+        (the main stream's layer cost against `ar`'s, branch work, waits)."""
+        base = results["summary"].get("ar")
+        rows, notes = [], []
+        for name, recs in runs.items():
+            ex = [r["stats"]["method_stats"] for r in recs]
+            total = lambda key: sum(e[key] for e in ex)  # noqa: E731
+            tokens, wall = sum(r["tokens"] for r in recs), sum(r["wall_s"] for r in recs)
+            layers, d, h = ex[0]["layers"], ex[0]["exit_layer"], ex[0]["head_cost"]
+            p = total("matches") / max(1, tokens - len(recs))  # every token after a prompt's first
+            predicted = predicted_speedup(p, d, h, layers)
+            main_ms = 1e3 * total("main_s") / max(1, total("layers_main"))
+            ar_ms = 1e3 * base["wall_s"] / base["tokens"] / layers if base and base["tokens"] else None
+            measured = results["summary"][name]["speedup"]
+            rows.append([name, f"{d}", f"{p:.2f}", f"{predicted:.2f}", fmt(measured), f"{main_ms:.2f}",
+                         fmt(ar_ms), f"{total('branch_s'):.1f}", f"{total('exit_head_s'):.2f}",
+                         f"{total('wait_s'):.2f}", f"{wall:.1f}"])
+            if measured is not None and ar_ms and measured < predicted:
+                notes.append(f"- {name}: the model predicts {predicted:.2f}× from the realised match rate {p:.2f}, "
+                             f"measured {measured:.2f}×. A main-stream layer took {main_ms:.2f} ms against `ar`'s "
+                             f"{ar_ms:.2f} ms, because branch workers share the machine's cores; that alone "
+                             f"scales the prediction to {predicted * ar_ms / main_ms:.2f}×. Branch work took "
+                             f"{total('branch_s'):.1f} s of {wall:.1f} s wall, the exit head "
+                             f"{total('exit_head_s'):.2f} s, waits for branches {total('wait_s'):.2f} s.")
+        lines = ["", "## PPD: predicted vs measured", ""]
+        lines += table(["method", "d", "match rate", "predicted", "measured", "main ms/layer", "ar ms/layer",
+                        "branch s", "exit head s", "wait s", "wall s"], rows)
+        return lines + ([""] + notes if notes else [])
