@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random Llama models (built once per session) and the real default model."""
+"""Shared fixtures: tiny random models (built once per session: the Llama the method tests use,
+and every decoder family of `tokenleap.models.tiny.FAMILIES`) and the real default model."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 import tokenleap
-from tokenleap.models.tiny import make_tiny_llama
+from tokenleap.models.tiny import make_tiny, make_tiny_llama
 
 torch.set_num_threads(2)
 
@@ -34,6 +35,34 @@ def tiny(tiny_dir):
         key = (runner,) + tuple(sorted(kwargs.items()))
         if key not in loaded:
             loaded[key] = tokenleap.load_model(tiny_dir(**kwargs), dtype="fp32", runner=runner)
+        return loaded[key]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def tiny_family_dir(tmp_path_factory):
+    """Make (once) a tiny checkpoint dir of a family (`make_tiny`) for the given settings."""
+    made: dict[str, str] = {}
+
+    def make(family: str, **settings) -> str:
+        key = repr((family, sorted(settings.items())))
+        if key not in made:
+            made[key] = str(make_tiny(tmp_path_factory.mktemp(f"tiny-{family}"), family, **settings))
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tiny_family_dir):
+    """Load a tiny model of a family (fp32; runner auto, lean or hf), cached per settings."""
+    loaded: dict[str, tokenleap.Model] = {}
+
+    def load(family: str, runner: str = "auto", **settings) -> tokenleap.Model:
+        key = repr((family, runner, sorted(settings.items())))
+        if key not in loaded:
+            loaded[key] = tokenleap.load_model(tiny_family_dir(family, **settings), dtype="fp32", runner=runner)
         return loaded[key]
 
     return load

@@ -54,7 +54,7 @@ BAD_INPUTS = [
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.2), "top_p"),
     (dict(top_k=-2), "top_k"),
-    (dict(method="sps", gamma=0), "gamma"),
+    (dict(method="sps", gamma=-1), "gamma"),
     (dict(method="sps", gamma="4"), "gamma"),
     (dict(method="nope"), "unknown method"),
     (dict(method="ar", gamma=2), "no option"),

@@ -57,7 +57,9 @@ def test_greedy_run_schema_counting_and_exact_match(bench, tmp_path, prompt_rows
 
 
 def test_sampling_run_reports_perplexity(bench):
-    code, results = bench("--methods", "ar,sps,hf", "-t", "1.0", "--top-k", "8", "--repeats", "2", draft="twin")
+    # gamma fixed: with a draft as costly as the target, gamma=auto rightly prefers plain steps.
+    code, results = bench("--methods", "ar,sps,hf", "-t", "1.0", "--top-k", "8", "--repeats", "2", "--gamma", "4",
+                          draft="twin")
     assert code == 0
     assert results["config"]["greedy"] is False
     for name, m in results["summary"].items():
@@ -76,6 +78,20 @@ def test_sampling_run_reports_perplexity(bench):
     assert [v["reference"] for v in versus] == ["ar"] and versus[0]["prompts"] == len(ppls)
     assert versus[0]["ppl_ratio"] == pytest.approx(results["summary"]["sps"]["ppl"] / results["summary"]["ar"]["ppl"])
     assert results["summary"]["sps"]["mean_accepted_length"] > 2
+
+
+def test_hf_pld_anchor_runs_beside_pld(bench):
+    code, results = bench("--methods", "ar,pld,hf-pld", "--limit", "2", "--num-draft", "4", draft=None, n=12)
+    assert code == 0 and results["status"] == "complete"
+    summary = results["summary"]
+    assert list(summary) == ["ar", "pld", "hf-pld"]
+    for name in ("pld", "hf-pld"):  # both lossless: greedy output equals ar's
+        assert summary[name]["exact_match"] == 1.0 and summary[name]["failed"] == 0, name
+        assert summary[name]["draft_forwards_per_token"] == 0, name
+    # HF does not report its proposals: accepted drafts are derived, the acceptance rate unknown.
+    assert summary["hf-pld"]["acceptance_rate"] is None and summary["hf-pld"]["mean_accepted_length"] >= 1
+    options = {m["name"]: m["options"] for m in results["methods"]}
+    assert options["hf-pld"] == {"num_draft": 4} and options["pld"]["num_draft"] == 4
 
 
 def test_slowed_method_gets_lower_speedup(bench, monkeypatch):
@@ -157,7 +173,7 @@ def test_method_variants_run_one_method_with_several_option_sets(bench):
     (["--methods", "ar,nope"], "unknown method 'nope'"),
     (["--methods", "ar,sps@gamma"], "bad method variant 'sps@gamma'"),
     (["--methods", "ar,sps@beam_width=2"], "has no option 'beam_width'"),
-    (["--methods", "ar,sps@gamma=0"], "gamma must be an integer >= 1"),
+    (["--methods", "ar,sps@gamma=-1"], "gamma must be an integer >= 0"),
     (["--methods", "ar,hf@gamma=2"], "has no option 'gamma'"),
     (["--methods", "sps"], "needs a draft model"),
     (["--methods", "hf-assisted"], "needs a draft model"),
@@ -314,3 +330,34 @@ def test_candidate_section_when_no_guess_was_ever_taken():
     record = {"method": "pass", "error": None, "stats": {"method": "pass", "method_stats": figures}}
     lines = _method_sections({"per_prompt": [record, {**record, "error": "boom"}]})
     assert lines[-1] == "| pass | 7 | 0.000 |"
+
+
+def test_quantized_columns_report_agreement_with_the_unquantized_model(bench, prompts_file):
+    """`ar@quant=int8` runs on int8 weights in the same run as `ar`; its agreement is the
+    teacher-forced top-1 agreement with the unquantized model on that model's greedy answers."""
+    import tokenleap
+    from tokenleap.decoding.quality import top1_agreement
+
+    code, results = bench("--methods", "ar,ar@quant=int8,sps@quant=int8", "--limit", "2", "-n", "12")
+    assert code == 0 and results["status"] == "complete"
+    summary = results["summary"]
+    assert summary["ar"]["agreement"] is None
+    assert 0.5 <= summary["ar@quant=int8"]["agreement"] <= 1.0
+    assert summary["sps@quant=int8"]["agreement"] == summary["ar@quant=int8"]["agreement"]
+    assert summary["sps@quant=int8"]["exact_match"] is not None
+    assert {m["name"]: m["quant"] for m in results["methods"]}["ar@quant=int8"] == "int8"
+    # The figure is what top1_agreement gives on the unquantized model's greedy answer.
+    target = results["config"]["model"]
+    plain = tokenleap.load_model(target, dtype="fp32")
+    quant = tokenleap.load_model(target, dtype="fp32", quant="int8")
+    record = next(r for r in results["per_prompt"] if r["method"] == "ar@quant=int8")
+    turns = {row["question_id"]: row["turns"][0] for row in map(json.loads, prompts_file.read_text().splitlines())}
+    ids = plain.encode(turns[record["question_id"]])
+    answer = tokenleap.generate(ids, model=plain, max_new_tokens=12).token_ids
+    same, n = top1_agreement(quant, ids, answer)
+    assert record["agreement"] == pytest.approx(same / n) and record["agreement_n"] == n
+
+
+def test_a_quant_variant_of_an_hf_anchor_is_refused(bench):
+    code, _ = bench("--methods", "ar,hf@quant=int8", "--limit", "1", "-n", "4")
+    assert code == 2

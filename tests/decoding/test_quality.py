@@ -90,3 +90,23 @@ def test_score_continuation_is_perplexity_and_pit_in_one_forward(model):
                                 nan_ok=True)
     with pytest.raises(TokenleapError, match="temperature > 0"):
         law_pit(model, [3, 4], [5], Sampling(0.0))
+
+
+def test_quantized_models_are_scored_with_their_own_weights(tiny_dir):
+    """A quantized lean model keeps its original weights in the HF module; scoring must use the
+    quantized ones (through the runner), and `reference=` puts the perplexity under another model."""
+    from tokenleap.decoding.quality import top1_agreement
+
+    path = tiny_dir(vocab_size=32, seed=4)
+    plain = tokenleap.load_model(path, dtype="fp32")
+    quant = tokenleap.load_model(path, dtype="fp32", quant="int4")
+    ids = plain.encode("w2 w3 w4")
+    answer = tokenleap.generate(ids, model=plain, max_new_tokens=16).token_ids
+    assert top1_agreement(plain, ids, answer) == (len(answer), len(answer))  # its own greedy answer
+    same, n = top1_agreement(quant, ids, answer)
+    assert n == len(answer) and same < n  # int4 on a tiny random model disagrees somewhere
+    sampling = Sampling(1.0)
+    ppl_quant, _ = score_continuation(quant, ids, answer, sampling)
+    ppl_ref, pit = score_continuation(quant, ids, answer, sampling, reference=plain)
+    assert ppl_quant != ppl_ref and ppl_ref == pytest.approx(perplexity(plain, ids, answer), rel=1e-5)
+    assert ppl_quant == pytest.approx(perplexity(quant, ids, answer), rel=1e-5) and len(pit) == len(answer)

@@ -14,11 +14,12 @@ from tokenleap.models.llama import LlamaRunner
 
 OPTION_SETS = {
     "ar": [{}],
-    "sps": [{"gamma": 1}, {"gamma": 3}, {"gamma": 6}, {"gamma": 5, "stop_below": 0.2}],
+    "sps": [{}, {"gamma": 1}, {"gamma": 3}, {"gamma": 6}, {"gamma": 5, "stop_below": 0.2}],
     # MTAD is not lossless, but at T=0 with tau < 1 it must equal greedy decoding (P7).
     "mtad": [{"gamma": 2, "beam_width": 1}, {"gamma": 4, "beam_width": 4, "tau": 0.5},
              {"gamma": 3, "beam_width": 3, "tau": 0.9, "without_replacement": True}],
     "mtad-tree": [{"gamma": 4, "beam_width": 4}, {"gamma": 2, "beam_width": 2, "tau": 0.1}],
+    "pld": [{}, {"num_draft": 1, "max_ngram": 1}, {"num_draft": 4, "min_ngram": 2, "adaptive": False}],
     "pass": [{}, {"lookahead": 1, "embeddings": "zero", "scheme": "two-call"},
              {"lookahead": 2, "embeddings": "random", "scheme": "merged"},
              {"lookahead": 4, "scheme": "two-call"}, {"lookahead": 4, "embeddings": "mean", "scheme": "merged"},
@@ -88,7 +89,7 @@ def test_max_new_tokens_is_exact(tiny, method, opts):
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("method,opts", [("ar", {}), ("sps", {"gamma": 4}), ("pass", {}),
+@pytest.mark.parametrize("method,opts", [("ar", {}), ("sps", {"gamma": 4}), ("pld", {}), ("pass", {}),
                                          ("pass", {"lookahead": 4, "scheme": "two-call"}),
                                          ("pass", {"lookahead": 6, "scheme": "merged"}),
                                          ("pass", {"lookahead": 2, "candidates": 3})])

@@ -10,7 +10,8 @@ V = 8
 
 
 @pytest.mark.parametrize("sampling,gamma", [(Sampling(1.0), 2), (Sampling(1.0), 1),
-                                            (Sampling(0.8, top_k=5, top_p=0.9), 3)])
+                                            (Sampling(0.8, top_k=5, top_p=0.9), 3),
+                                            (Sampling(1.0), 0)])  # 0: chosen each round (auto)
 def test_sps_first_two_tokens_follow_the_target_law(tiny, sampling, gamma):
     target = tiny(vocab_size=V, seed=11, init_std=0.1)
     draft = tiny(vocab_size=V, seed=12, init_std=0.1, num_layers=1)

@@ -39,7 +39,7 @@ BAD_COMPLETIONS = {
     "unknown method option": {"prompt": "w3", "tokenleap": {"method": "sps", "gama": 3}},
     "option of another method": {"prompt": "w3", "tokenleap": {"method": "ar", "gamma": 3}},
     "option of the wrong type": {"prompt": "w3", "tokenleap": {"method": "sps", "gamma": "three"}},
-    "option out of range": {"prompt": "w3", "tokenleap": {"method": "sps", "gamma": 0}},
+    "option out of range": {"prompt": "w3", "tokenleap": {"method": "sps", "gamma": -1}},
     "logprobs": {"prompt": "w3", "logprobs": 2},
 }
 

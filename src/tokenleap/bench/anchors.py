@@ -1,25 +1,36 @@
-"""The HF anchors (`hf`, `hf-assisted`): Hugging Face's own `generate` loops, run under the same
-warping, EOS and length as tokenleap's methods and counted the same way."""
+"""The HF anchors (`hf`, `hf-assisted`, `hf-pld`): Hugging Face's own `generate` loops (plain,
+with an assistant model, with prompt lookup), run under the same warping, EOS and length as
+tokenleap's methods and counted the same way."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
 from ..decoding.stats import DecodeStats
 from ..decoding.warping import Sampling
+from ..methods.pld import PLDOptions
 from ..methods.sps import SPSOptions
 from ..models.loading import Model
 
 if TYPE_CHECKING:
     from .variants import BenchMethod
 
+
+@dataclass
+class HFOptions(PLDOptions, SPSOptions):
+    """The options the anchors take, declared by the methods they mirror (sps, pld)."""
+
+
 # Anchors outside tokenleap: Hugging Face's own loops, and which of our options they take. An
-# option means for them what it means for sps (gamma: draft tokens per round), by the same rules.
-HF_METHODS: dict[str, tuple[str, ...]] = {"hf": (), "hf-assisted": ("gamma",)}
-HF_OPTIONS = SPSOptions
+# option means for them what it means for the method they mirror, by the same rules: gamma
+# (hf-assisted: draft tokens per round, like sps); num_draft and max_ngram (hf-pld: HF's
+# prompt_lookup_num_tokens and max_matching_ngram_size, like pld; defaults as pld's).
+HF_METHODS: dict[str, tuple[str, ...]] = {"hf": (), "hf-assisted": ("gamma",), "hf-pld": ("num_draft", "max_ngram")}
+HF_OPTIONS = HFOptions
 
 
 @contextlib.contextmanager
@@ -39,8 +50,9 @@ def count_forwards(module: torch.nn.Module | None) -> Iterator[list[int]]:
 @contextlib.contextmanager
 def assistant_settings(draft: Model | None, gamma: int | None) -> Iterator[None]:
     """With a gamma, make HF's assistant draft exactly gamma tokens per round, like sps; the
-    assistant's generation_config is restored afterwards. Without one, HF's defaults apply."""
-    if draft is None or gamma is None:
+    assistant's generation_config is restored afterwards. Without one, or with gamma=0 (auto,
+    as sps's), HF's own adaptive schedule applies."""
+    if draft is None or not gamma:
         yield
         return
     config = draft.hf_model.generation_config
@@ -66,7 +78,8 @@ def cut_at_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
 
 def hf_generate(method: BenchMethod, target: Model, draft: Model | None, prompt_ids: list[int],
                 max_new_tokens: int, sampling: Sampling, seed: int) -> tuple[list[int], DecodeStats]:
-    """HF `generate` (plain or assisted) with the same warping, EOS and length as tokenleap."""
+    """HF `generate` (plain, assisted or prompt lookup) with the same warping, EOS and length as
+    tokenleap."""
     eos = sorted(target.eos_token_ids)
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=not sampling.greedy,
                                   eos_token_id=eos or None, pad_token_id=eos[0] if eos else None,
@@ -76,6 +89,12 @@ def hf_generate(method: BenchMethod, target: Model, draft: Model | None, prompt_
     assistant = draft if method.base == "hf-assisted" else None
     if assistant is not None:
         kwargs["assistant_model"] = assistant.hf_model
+    if method.base == "hf-pld":
+        # HF's prompt lookup drafts a fixed number of tokens from its first (earliest) match;
+        # pld adapts the length and takes the most recent match (docs/methods/pld.md).
+        defaults = PLDOptions()
+        kwargs.update(prompt_lookup_num_tokens=method.options.get("num_draft", defaults.num_draft),
+                      max_matching_ngram_size=method.options.get("max_ngram", defaults.max_ngram))
     ids = torch.tensor([prompt_ids], device=target.hf_model.device)
     torch.manual_seed(seed)
     with (count_forwards(target.hf_model) as target_calls,
@@ -86,7 +105,7 @@ def hf_generate(method: BenchMethod, target: Model, draft: Model | None, prompt_
     stats = DecodeStats(method=method.name, prompt_tokens=len(prompt_ids), new_tokens=len(new),
                         target_forwards=target_calls[0], draft_forwards=draft_calls[0],
                         **{**target.runtime(), "kernels": "hf"})  # HF's own forward, whatever our runner's layout
-    if assistant is not None:
+    if assistant is not None or method.base == "hf-pld":
         # Every target forward commits one token of its own; the rest were accepted drafts.
         # HF does not expose how many drafts it proposed, so the acceptance rate stays unknown.
         stats.accepted = max(0, len(new) - stats.target_forwards)

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..decoding.quality import score_continuation
+from ..decoding.quality import score_continuation, top1_agreement
 from ..decoding.warping import Sampling
 from ..errors import TokenleapError
+from ..generation import generate
 from ..models.hardware import cpu_caps
 from ..models.loading import Model
 from ..models.registry import DEFAULT_MODEL
@@ -101,6 +102,34 @@ def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model,
     return target, draft
 
 
+def quantized_targets(config: BenchConfig, methods: list[BenchMethod], target: Model) -> dict[str, Model]:
+    """The target under each quantization some column asks for (`ar@quant=int8`), plus the run's
+    own target and the unquantized one ("none": the reference quality is measured against)."""
+    targets = {config.quant or "none": target}
+    for quant in dict.fromkeys(["none"] + [m.quant for m in methods if m.quant]):
+        if quant not in targets:
+            targets[quant] = get_model(config.model, config.dtype, config.device, quant)
+    return targets
+
+
+def add_agreement(records: list[dict[str, Any]], methods: list[BenchMethod], targets: dict[str, Model],
+                  config: BenchConfig, prompt_ids: dict[int, list[int] | str]) -> None:
+    """For every record made with quantized weights: teacher-forced top-1 agreement with the
+    unquantized model on that model's own greedy answer to the prompt (`agreement`, with the
+    positions counted in `agreement_n`). The answers are made once per prompt, untimed."""
+    quant_of = {m.name: m.quant or config.quant or "none" for m in methods}
+    reference = targets["none"]
+    answers: dict[int, list[int]] = {}
+    for record in records:
+        quant, ids = quant_of.get(record["method"], "none"), prompt_ids.get(record["prompt_index"])
+        if quant == "none" or record["error"] or not isinstance(ids, list):
+            continue
+        if record["prompt_index"] not in answers:
+            answers[record["prompt_index"]] = generate(ids, model=reference, max_new_tokens=config.max_new_tokens).token_ids
+        same, n = top1_agreement(targets[quant], ids, answers[record["prompt_index"]])
+        record["agreement"], record["agreement_n"] = (same / n if n else None), n
+
+
 def run_config(config: BenchConfig, target: Model, draft: Model | None, energy_source: str) -> dict[str, Any]:
     import transformers
 
@@ -140,14 +169,22 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             raise TokenleapError(f"--threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
     target, draft = load_models(config, methods)
+    targets = quantized_targets(config, methods, target)
     meter = EnergyMeter()
     recorder = Recorder(Path(config.out), run_config(config, target, draft, meter.source), methods)
 
-    def run_method(m: BenchMethod, prompt_ids: list[int], seed: int, max_new: int = config.max_new_tokens):
-        return generate_once(m, target, draft, prompt_ids, max_new, config.sampling, seed)
+    def target_of(m: BenchMethod) -> Model:
+        return targets[m.quant] if m.quant else target
 
-    def score(prompt_ids: list[int], token_ids: list[int], seed: int) -> tuple[float, list[float]]:
-        return score_continuation(target, prompt_ids, token_ids, config.sampling, pit_generator(seed))
+    def run_method(m: BenchMethod, prompt_ids: list[int], seed: int, max_new: int = config.max_new_tokens):
+        return generate_once(m, target_of(m), draft, prompt_ids, max_new, config.sampling, seed)
+
+    def scorer(m: BenchMethod):
+        """Perplexity under the unquantized target; the law check under the method's own target."""
+        def score(prompt_ids: list[int], token_ids: list[int], seed: int) -> tuple[float, list[float]]:
+            return score_continuation(target_of(m), prompt_ids, token_ids, config.sampling, pit_generator(seed),
+                                      reference=targets["none"])
+        return score
 
     prompt_ids = encode_prompts(target, prompts)
     first = next((ids for ids in prompt_ids.values() if isinstance(ids, list)), None)
@@ -165,9 +202,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                         bar.update(task, description=f"{prompt.category}/{prompt.question_id} {m.name}")
                         recorder.add(measure(m, prompt, prompt_ids[prompt.index], repeat, seed,
                                              lambda ids, s, m=m: run_method(m, ids, s), meter,
-                                             None if config.sampling.greedy else score, target.device))
+                                             None if config.sampling.greedy else scorer(m), target.device))
                         bar.advance(task)
                     recorder.save()
+        if len(targets) > 1 or target.quant != "none":
+            add_agreement(recorder.results["per_prompt"], methods, targets, config, prompt_ids)
         status = "complete"
     finally:
         recorder.save(status)

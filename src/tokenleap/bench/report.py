@@ -55,6 +55,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     ppls = [r["ppl"] for r in ok if r.get("ppl") is not None]
     pits = [math.nan if u is None else u for r in ok for u in (r.get("pit") or [])]
     law_p, law_nan = uniformity_pvalue(pits) if pits else (None, None)
+    agreed = [(r["agreement"] * r["agreement_n"], r["agreement_n"]) for r in ok if r.get("agreement") is not None]
     return {
         "runs": len(records), "failed": len(records) - len(ok), "tokens": tokens, "wall_s": wall,
         "tokens_per_s": _ratio(tokens, wall) or 0.0,
@@ -67,6 +68,9 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         # Law check (sampling runs): KS p-value of the tokens' PIT under the target's warped law;
         # a lossless method should not get a tiny one. law_nan: tokens outside the law's support.
         "law_pvalue": law_p, "law_nan": law_nan,
+        # Quantized weights: teacher-forced top-1 agreement with the unquantized model on its
+        # greedy answers, over all their positions (None for unquantized columns).
+        "agreement": _ratio(sum(a for a, _ in agreed), sum(n for _, n in agreed)) if agreed else None,
         "energy_j_per_token": _ratio(sum(r["energy_j"] for r in ok), tokens),
     }
 
@@ -159,8 +163,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 def _metric_cells(m: dict[str, Any]) -> list[str]:
     return [_fmt(m["tokens_per_s"], 1), _fmt(m["speedup"]), _fmt(m["mean_accepted_length"]),
             _fmt(m["acceptance_rate"]), _fmt(m["target_forwards_per_token"]), _fmt(m["draft_forwards_per_token"]),
-            _fmt(m["exact_match"]), _fmt(m["ppl"]), _pvalue(m.get("law_pvalue")), _fmt(m["energy_j_per_token"], 3),
-            str(m["failed"])]
+            _fmt(m["exact_match"]), _fmt(m.get("agreement"), 3), _fmt(m["ppl"]), _pvalue(m.get("law_pvalue")),
+            _fmt(m["energy_j_per_token"], 3), str(m["failed"])]
 
 
 def _pvalue(p: float | None) -> str:
@@ -168,7 +172,7 @@ def _pvalue(p: float | None) -> str:
 
 
 METRIC_HEADER = ["tok/s", "speedup", "mean acc. len", "acc. rate", "target fw/tok", "draft fw/tok",
-                 "exact match", "ppl", "law p", "J/tok", "failed"]
+                 "exact match", "agreement", "ppl", "law p", "J/tok", "failed"]
 
 
 def _runtime_line(cfg: dict[str, Any]) -> list[str]:
@@ -265,7 +269,7 @@ def _notes(results: dict[str, Any]) -> list[str]:
     cfg = results["config"]
     notes = ["- tok/s = all generated tokens / all wall time (EOS included; counted as token ids for "
              "every method); speedup is against `ar` in the same run and category.",
-             "- mean acc. len = 1 + accepted drafts / target forwards. For hf-assisted, accepted drafts are "
+             "- mean acc. len = 1 + accepted drafts / target forwards. For hf-assisted and hf-pld, accepted drafts are "
              "derived as tokens - target forwards (HF does not report proposals, so no acceptance rate).",
              f"- {PPL_NOTE}",
              f"- {LAW_NOTE}",

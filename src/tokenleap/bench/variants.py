@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import TokenleapError
 from ..methods import METHODS
+from ..models.kernels import parse_quant
 from ..options import check_known, check_value, kind, names, parse_text
 from .anchors import HF_METHODS, HF_OPTIONS
 
@@ -23,6 +24,7 @@ class BenchMethod:
     options: dict[str, Any]
     needs_draft: bool
     lossless: bool
+    quant: str | None = None  # the target's weight quantization for this column (None: the run's --quant)
 
     @property
     def is_hf(self) -> bool:
@@ -34,7 +36,7 @@ class BenchMethod:
         if not self.is_hf:
             effective = dataclasses.asdict(METHODS[self.base].make_options(self.options))
         return {"name": self.name, "base": self.base, "options": effective,
-                "needs_draft": self.needs_draft, "lossless": self.lossless}
+                "needs_draft": self.needs_draft, "lossless": self.lossless, "quant": self.quant}
 
 
 def accepted_options(base: str) -> tuple[str, ...]:
@@ -50,7 +52,8 @@ def options_schema(base: str) -> type | None:
 
 def parse_variant(entry: str) -> tuple[str, dict[str, Any]]:
     """"pass@lookahead=2+embeddings=zero" -> ("pass", {"lookahead": 2, "embeddings": "zero"}):
-    one method several times in a run, each with its own options (the entry is its label)."""
+    one method several times in a run, each with its own options (the entry is its label).
+    `quant=int8` (not a method option: the target's weights) is kept as text."""
     name, _, spec = entry.partition("@")
     options: dict[str, Any] = {}
     for item in filter(None, spec.split("+")):
@@ -76,6 +79,13 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
         name, variant = parse_variant(entry)
         if name not in available:
             raise TokenleapError(f"unknown method {name!r}; available: {', '.join(available)}")
+        quant = variant.pop("quant", None)
+        if quant is not None:
+            if name in HF_METHODS:
+                raise TokenleapError(f"{entry}: the HF anchors run transformers' own forward on the run's "
+                                     "weights; quant= variants are for tokenleap methods")
+            parse_quant(str(quant))  # a bad value fails now, not mid-run
+            quant = str(quant)
         takes = accepted_options(name)
         check_known(variant, takes, owner=f"method {name!r}")
         own = {**{k: v for k, v in options.items() if k in takes}, **variant}
@@ -85,7 +95,7 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
         for g in gammas:
             opts = own if g is None else {**own, "gamma": g}
             label = entry if g is None else f"{entry}@g={g}"
-            planned.append(BenchMethod(label, name, opts, needs_draft, lossless))
+            planned.append(BenchMethod(label, name, opts, needs_draft, lossless, quant))
     if sweep_gamma and not any("@g=" in m.name for m in planned):
         raise TokenleapError("--sweep-gamma needs a method with a gamma option among --methods (e.g. sps)")
     for m in planned:  # bad option values fail now, not mid-run

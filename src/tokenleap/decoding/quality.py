@@ -3,6 +3,8 @@
 - `perplexity`: how likely the target finds a continuation (T=1, untruncated).
 - `law_pit` + `uniformity_pvalue`: whether a continuation was drawn from the target's warped
   law, token by token — the statistical form of "this method is lossless" on a real model.
+- `top1_agreement`: how often a model (say, a quantized copy) would have chosen each token of
+  another model's greedy answer, teacher-forced.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ def _continuation_logits(model: Model, prompt_ids: list[int], token_ids: list[in
         raise TokenleapError("scoring needs at least one generated token")
     ids = torch.tensor([list(prompt_ids) + list(token_ids)], dtype=torch.long, device=model.hf_model.device)
     n = len(token_ids)
+    if model.quant != "none":
+        # Quantized weights live in the runner (the HF module may hold the originals): score
+        # the model that generated, through the runner, every row predicting a token.
+        runner = model.runner
+        return runner.forward(runner.new_cache(1, ids.shape[1]), ids)[0, len(prompt_ids) - 1: -1].float().cpu()
     # Row i of the kept logits predicts token i; the extra last row (beyond the sequence) is dropped.
     return model.hf_model(input_ids=ids, use_cache=False, logits_to_keep=n + 1).logits[0, :n].float().cpu()
 
@@ -43,6 +50,20 @@ def _pit(logits: torch.Tensor, token_ids: list[int], sampling: Sampling, generat
     before = (p > p_x[:, None]) | ((p == p_x[:, None]) & (torch.arange(p.shape[-1]) < x))
     u = (p * before).sum(-1) + torch.rand(len(token_ids), generator=generator, dtype=torch.float64) * p_x
     return torch.where(p_x > 0, u, torch.full_like(u, float("nan")))
+
+
+@torch.inference_mode()
+def top1_agreement(model: Model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[int, int]:
+    """(positions where `model`'s argmax equals the answer's token, positions), teacher-forced
+    over prompt + answer in one forward through the model's own runner (so a quantized model is
+    judged with its quantized weights)."""
+    if not prompt_ids or not answer_ids:
+        return 0, 0
+    runner = model.runner
+    ids = torch.tensor([list(prompt_ids) + list(answer_ids)], dtype=torch.long, device=runner.device)
+    logits = runner.forward(runner.new_cache(1, ids.shape[1]), ids)[0, len(prompt_ids) - 1: -1]
+    chosen = logits.argmax(-1).cpu()
+    return int((chosen == torch.tensor(answer_ids)).sum()), len(answer_ids)
 
 
 @torch.inference_mode()
@@ -75,10 +96,16 @@ def law_pit(model: Model, prompt_ids: list[int], token_ids: list[int], sampling:
 
 @torch.inference_mode()
 def score_continuation(model: Model, prompt_ids: list[int], token_ids: list[int], sampling: Sampling,
-                       generator: torch.Generator | None = None) -> tuple[float, list[float]]:
-    """(perplexity, law_pit values) from one forward: what the benchmark records per sample."""
+                       generator: torch.Generator | None = None, reference: Model | None = None
+                       ) -> tuple[float, list[float]]:
+    """(perplexity, law_pit values): what the benchmark records per sample. The law is the
+    generating model's (a method is lossless against the model it was given); the perplexity
+    is under `reference` when given (the unquantized model, for a quantized one), else under
+    `model` too, from the same forward."""
     logits = _continuation_logits(model, prompt_ids, token_ids)
-    return _perplexity(logits, token_ids), _pit(logits, token_ids, sampling, generator).tolist()
+    ppl_logits = logits if reference is None or reference is model else \
+        _continuation_logits(reference, prompt_ids, token_ids)
+    return _perplexity(ppl_logits, token_ids), _pit(logits, token_ids, sampling, generator).tolist()
 
 
 def uniformity_pvalue(u: list[float]) -> tuple[float, float]:

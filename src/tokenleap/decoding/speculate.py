@@ -4,7 +4,8 @@ One round (`chain_step`): the drafter proposes up to n tokens; the target scores
 tail and every draft in one forward (`verify.verify_chain`); the method's acceptance rule keeps
 a prefix and names one more token; the target cache rolls back to what is committed (a cursor
 move) and the drafter drops what was not kept. Near the end, where the drafter cannot draft,
-the target takes plain steps.
+or in a round where it proposes nothing (prompt lookup without a match), the target takes
+plain steps.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def chain_step(accept: ChainRule) -> Step:
 
     def step(ctx: DecodeContext, seq: list[int], cache: KVCache, drafter: Drafter, n: int) -> list[int]:
         draft = drafter.propose(seq, n)
+        if not draft.tokens:
+            # Nothing to verify: a plain target step, not a verification round.
+            drafter.commit(seq, len(seq))
+            return [decode_one_token(ctx, seq, cache)]
         p = warp(verify_chain(ctx.target_runner, cache, seq, draft.tokens), ctx.sampling)
         n_accepted, extra = accept(draft, p)
         ctx.stats.record_round(len(draft.tokens), n_accepted)

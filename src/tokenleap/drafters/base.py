@@ -24,7 +24,9 @@ class Drafter(Protocol):
         more after them); 0 means "take a plain target step instead"."""
 
     def propose(self, seq: list[int], n: int) -> Draft:
-        """Up to n drafts to follow the committed sequence `seq`."""
+        """Up to n drafts to follow the committed sequence `seq`; none (an empty Draft) when
+        the drafter has nothing to offer (prompt lookup without a match): the round is then
+        a plain target step."""
 
     def commit(self, seq: list[int], valid: int) -> None:
         """The round is judged: the first `valid` positions of seq + drafts are committed

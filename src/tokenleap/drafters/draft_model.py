@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import torch
 
+from ..decoding.adaptive import DraftLength
 from ..decoding.context import DecodeContext, uncached
 from ..decoding.warping import pick, warp
 from .base import Draft
 
 
 class DraftModelDrafter:
-    def __init__(self, ctx: DecodeContext, gamma: int, stop_below: float = 0.0) -> None:
-        self.ctx, self.gamma, self.stop_below = ctx, gamma, stop_below
+    """gamma drafts per round, or with `length` as many as it chooses each round (adaptive)."""
+
+    def __init__(self, ctx: DecodeContext, gamma: int, stop_below: float = 0.0,
+                 length: DraftLength | None = None) -> None:
+        self.ctx, self.gamma, self.stop_below, self.length = ctx, gamma, stop_below, length
         self.cache = ctx.new_cache(ctx.draft)
+        self.proposed = 0
 
     def max_drafts(self, room: int) -> int:
         # Never draft past max_new_tokens or the context: the last token comes from the target.
-        return min(self.gamma, room - 1)
+        return self.length.choose(room) if self.length else min(self.gamma, room - 1)
 
     def propose(self, seq: list[int], n: int) -> Draft:
         """Up to n tokens with their warped draft laws q [len, V]; fewer when the draft's own
@@ -38,7 +43,10 @@ class DraftModelDrafter:
             # lossless: when to stop depends on the draft alone.
             if self.stop_below and logits[0, -1].float().softmax(-1)[tokens[-1]] < self.stop_below:
                 break
+        self.proposed = len(tokens)
         return Draft(tokens, q=torch.stack(dists))
 
     def commit(self, seq: list[int], valid: int) -> None:
         self.cache.rollback(min(self.cache.length, valid))
+        if self.length:
+            self.length.update(self.proposed, valid - len(seq))

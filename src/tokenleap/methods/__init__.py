@@ -4,7 +4,7 @@ A method is a generator `decode(ctx) -> Iterator[list[int]]` that yields blocks 
 committed tokens; the driver stops it at EOS, stop strings or max_new_tokens, so methods
 never need to know about stopping beyond not wasting work past `ctx.room(...)`. Where the
 algorithm allows, a method is a drafter (`tokenleap.drafters`) plus an acceptance rule
-(`decoding.accept`) run by the shared loop (`decoding.speculate`): sps and mtad. PaSS and PPD
+(`decoding.accept`) run by the shared loop (`decoding.speculate`): sps, mtad and pld. PaSS and PPD
 keep their own loops (their docstrings say why). A method with its own figures declares a
 typed stats record (`MethodSpec.stats`) that the bench report asks for its section.
 """
@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from ..decoding.stats import MethodStats
 from ..errors import TokenleapError
 from ..options import build
-from . import ar, mtad, pass_, ppd, sps
+from . import ar, mtad, pass_, pld, ppd, sps
 from .ppd_latency import PPDStats
 
 
@@ -40,11 +40,13 @@ METHODS: dict[str, MethodSpec] = {
     "ar": MethodSpec("ar", ar.decode, ar.AROptions, needs_draft=False, lossless=True,
                      description="autoregressive decoding (greedy or sampling)"),
     "sps": MethodSpec("sps", sps.decode, sps.SPSOptions, needs_draft=True, lossless=True,
-                      description="speculative sampling with a draft model"),
+                      description="speculative sampling with a draft model", stats=sps.SPSStats),
     "mtad": MethodSpec("mtad", mtad.decode, mtad.MTADOptions, needs_draft=True, lossless=False,
                        description="multi-token assisted decoding: beam-sampled draft, joint acceptance"),
     "mtad-tree": MethodSpec("mtad-tree", mtad.decode_tree, mtad.MTADOptions, needs_draft=True, lossless=False,
                             description="MTAD with the whole beam tree verified in one forward"),
+    "pld": MethodSpec("pld", pld.decode, pld.PLDOptions, needs_draft=False, lossless=True,
+                      description="prompt lookup decoding: drafts copied from earlier text, no draft model"),
     "pass": MethodSpec("pass", pass_.decode, pass_.PaSSOptions, needs_draft=False, lossless=True,
                        description="parallel speculative sampling with learned lookahead embeddings",
                        stats=pass_.PaSSStats),

@@ -2,16 +2,24 @@
 
 A multi-token method pays for verifying r rows in one forward and gains the tokens it
 accepts, so the curve "r rows cost c(r) x one row" decides whether it can win here.
+`CostModel` holds that curve for a target (and a draft's step cost), measured once per
+machine, model, dtype/quantization, device and thread count, and cached in costs.json.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import json
 import time
+from dataclasses import dataclass
 
 import torch
 
-from .hardware import synchronize
+from .hardware import cpu_caps, dtype_name, synchronize
+from .kernels import read_json_cache, write_json_cache
 from .loading import Model
+from .registry import cache_home
 
 CURVE_ROWS = (1, 2, 4, 8, 16)
 
@@ -42,3 +50,56 @@ def forward_curve(model: Model, rows: tuple[int, ...] = CURVE_ROWS, context: int
                   rounds: int = 20) -> dict[str, float]:
     """{"1": ms, "2": ms, ...}: one forward's cost by the number of new rows."""
     return {str(r): round(forward_ms(model, r, context, rounds), 3) for r in rows}
+
+
+def costs_file():
+    return cache_home() / "costs.json"
+
+
+def cost_key(model: Model) -> str:
+    """What a model's forward cost depends on: machine, software, threads, its weights' shapes,
+    dtype, quantization, layout and device."""
+    caps = cpu_caps()
+    params = [list(p.shape) for p in model.hf_model.parameters()]
+    shapes = hashlib.sha256(json.dumps(params).encode()).hexdigest()[:12]
+    return (f"{caps.model}|{caps.isa}|fallback={int(caps.forced_fallback)}|torch={torch.__version__}"
+            f"|threads={torch.get_num_threads()}|{dtype_name(model.dtype)}|{model.device}|quant={model.quant}"
+            f"|{model.runtime()['kernels']}|shapes={shapes}")
+
+
+def measured_curve(model: Model) -> dict[int, float]:
+    """The model's forward cost by row count: from costs.json, else measured now (a few seconds
+    for a 135M model) and written there; kept by the model for this process."""
+    def measure() -> dict[int, float]:
+        key = cost_key(model)
+        cached = read_json_cache(costs_file()).get(key)
+        if not cached:
+            cached = forward_curve(model, rounds=10)
+            write_json_cache(costs_file(), key, cached)
+        return {int(r): float(ms) for r, ms in cached.items()}
+
+    return model.memo(("cost-curve",), measure)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Milliseconds of a target forward over r rows (the measured curve, linear between its
+    points and beyond the last two) and of one draft step."""
+
+    curve: dict[int, float]
+    draft_ms: float = 0.0
+
+    @classmethod
+    def of(cls, target: Model, draft: Model | None = None) -> "CostModel":
+        return cls(measured_curve(target), measured_curve(draft)[1] if draft is not None else 0.0)
+
+    def target_ms(self, rows: int) -> float:
+        xs = sorted(self.curve)
+        i = min(max(bisect.bisect_left(xs, rows), 1), len(xs) - 1)
+        x0, x1 = xs[i - 1], xs[i]
+        y0, y1 = self.curve[x0], self.curve[x1]
+        return max(y0 + (y1 - y0) * (rows - x0) / (x1 - x0), 1e-6)
+
+    def round_ms(self, drafts: int) -> float:
+        """A speculative round: `drafts` draft steps, then one target forward over drafts + 1 rows."""
+        return drafts * self.draft_ms + self.target_ms(drafts + 1)

@@ -137,7 +137,7 @@ def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExi
         raise TokenleapError("ppd needs per-layer access to the model: load it with the lean runner "
                              "(runner='lean'; Llama-family models)")
     layers = runner.num_layers
-    path = artifact_for(model.name) if head in ("auto", "trained") else None if head == "shared" else Path(head)
+    path = artifact_for(model.base_name) if head in ("auto", "trained") else None if head == "shared" else Path(head)
     if head == "trained" and path is None:
         raise TokenleapError(f"no trained early-exit heads are committed for model {model.name!r}: "
                              "train them with `tokenleap train early-exit` and pass head=<path>")

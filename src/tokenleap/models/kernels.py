@@ -214,31 +214,32 @@ def choose_layout(weights: list[torch.Tensor], dtype: torch.dtype, device: torch
     if len(layouts) == 1:
         return layouts[0], {"layout": layouts[0], "measured": False, "reason": "the only layout available"}
     key = choice_key(weights, dtype, device)
-    cached = _read_choices().get(key)
+    cached = read_json_cache(kernels_file()).get(key)
     if cached and cached.get("layout") in layouts:
         return cached["layout"], {**cached, "cached": True}
     subset = _measure_subset(weights)
     times = {layout: {str(r): round(time_layout(subset, layout, r), 3) for r in MEASURE_ROWS} for layout in layouts}
     best = min(layouts, key=lambda layout: sum(times[layout].values()))
     record = {"layout": best, "measured": True, "ms": times, "matrices": len(subset)}
-    _write_choice(key, record)
+    write_json_cache(kernels_file(), key, record)
     return best, {**record, "cached": False}
 
 
-def _read_choices() -> dict:
+def read_json_cache(path: Path) -> dict:
+    """A machine-measurement cache file (kernels.json, costs.json): {} when absent or unreadable."""
     with contextlib.suppress(OSError, ValueError):
-        data = json.loads(kernels_file().read_text())
+        data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
     return {}
 
 
-def _write_choice(key: str, record: dict) -> None:
-    """Add one choice to kernels.json (atomically: a crash never leaves half a file)."""
-    path = kernels_file()
+def write_json_cache(path: Path, key: str, record: dict) -> None:
+    """Add one record to a cache file, atomically (a crash never leaves half a file); a
+    read-only cache home only means measuring again next time."""
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        choices = _read_choices()
-        choices[key] = record
+        records = read_json_cache(path)
+        records[key] = record
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(choices, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
         tmp.replace(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..errors import TokenleapError
 from . import kernels, llama
@@ -59,6 +59,17 @@ class Model:
     @property
     def max_context(self) -> int:
         return int(getattr(self.config, "max_position_embeddings", 0) or 1 << 30)
+
+    @property
+    def base_name(self) -> str:
+        """The name without its quantization ("smollm2-135m" for "smollm2-135m@int8"): what
+        its trained artifacts are registered under (they fit the quantized weights too)."""
+        return self.name.partition("@")[0]
+
+    @property
+    def quant(self) -> str:
+        """The weight quantization asked for ("int8", "int4-g64", ...; "none")."""
+        return self.kernels.get("quant", "none")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -170,6 +181,19 @@ def locate(name_or_path: str) -> str:
     return name_or_path  # a hub id: transformers fetches it (or fails clearly when offline)
 
 
+def not_a_causal_lm(source: str) -> str | None:
+    """Why a checkpoint that failed to load as a causal LM is not one, when its config says so
+    (an encoder-decoder such as T5), else None."""
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+    if getattr(config, "is_encoder_decoder", False):
+        return (f"model type {config.model_type!r} is an encoder-decoder; tokenleap's methods (every one of them) "
+                "run decoder-only causal LMs")
+    return None
+
+
 def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", device: str | torch.device = "auto",
                runner: str = "auto", kernels_layout: str = "auto", quant: str = "none") -> Model:
     """Load a causal LM by registry name, local HF directory, .gguf file or hub id.
@@ -200,7 +224,8 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", devi
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(torch_device).eval()
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TokenleapError(f"cannot load model {name_or_path!r}: {first}") from None
+        why = not_a_causal_lm(source)
+        raise TokenleapError(f"cannot load model {name_or_path!r}: {why or first}") from None
     for p in hf_model.parameters():
         p.requires_grad_(False)
     if runner == "lean" and not llama.supports(hf_model):

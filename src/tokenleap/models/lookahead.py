@@ -22,9 +22,9 @@ FILE = "lookahead.safetensors"
 
 def artifact_for(model) -> Path | None:
     """The committed embeddings (`tokenleap train lookahead`) for a registry model, if any."""
-    if model.name not in REGISTRY:
+    if model.base_name not in REGISTRY:
         return None
-    path = artifact_dir(model.name, "pass") / FILE
+    path = artifact_dir(model.base_name, "pass") / FILE
     return path if path.is_file() else None
 
 
@@ -41,8 +41,11 @@ def check_spec(spec: str, kinds: tuple[str, ...]) -> None:
 
 def initial_embeddings(model, kind: str, n: int) -> torch.Tensor:
     """Untrained lookahead embeddings [n, d] (float32): mean token embedding, zeros, or random
-    with the embedding table's scale (fixed seed, so a run is reproducible)."""
-    table = model.hf_model.get_input_embeddings().weight.detach().float()
+    with the embedding table's scale (fixed seed, so a run is reproducible). The table is what
+    the runner feeds the model (Gemma's embedding layer scales by sqrt(d), for one)."""
+    runner = model.runner
+    with torch.no_grad():
+        table = runner.embed(torch.arange(runner.vocab_size, device=runner.device)[None])[0].float().cpu()
     if kind == "mean":
         return table.mean(0).expand(n, -1).clone()
     if kind == "zero":

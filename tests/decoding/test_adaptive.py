@@ -1,0 +1,61 @@
+"""Choosing the draft length from the machine's costs and the acceptance so far."""
+
+from __future__ import annotations
+
+import pytest
+
+import tokenleap
+from reference import hf_greedy
+from tokenleap.decoding.adaptive import EXPLORE_EVERY, DraftLength, expected_tokens
+from tokenleap.models.cost import CostModel, measured_curve
+
+FLAT = {1: 10.0, 2: 10.0, 4: 10.5, 8: 11.0, 16: 12.0}  # memory-bound: rows are nearly free
+
+
+def test_expected_tokens_is_the_truncated_geometric_mean():
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+
+
+def test_cost_model_interpolates_and_extrapolates():
+    cost = CostModel(FLAT, draft_ms=1.0)
+    assert cost.target_ms(1) == 10.0 and cost.target_ms(3) == pytest.approx(10.25)
+    assert cost.target_ms(24) == pytest.approx(13.0)  # the last segment, continued
+    assert cost.round_ms(3) == pytest.approx(3 * 1.0 + 10.5)
+
+
+def test_cheap_drafts_that_agree_draft_the_most():
+    length = DraftLength(CostModel(FLAT, draft_ms=0.2), most=8)
+    for _ in range(20):
+        g = length.choose(room=100)
+        length.update(g, g)  # everything accepted
+    assert length.choose(room=100) == 8 and length.alpha > 0.95
+    assert length.choose(room=3) == 2  # never past the room (the target adds one)
+
+
+def test_drafts_that_never_agree_give_plain_steps_with_periodic_exploration():
+    length = DraftLength(CostModel(FLAT, draft_ms=2.0), most=8)
+    picks = []
+    for _ in range(40):
+        g = length.choose(room=100)
+        picks.append(g)
+        if g:
+            length.update(g, 0)  # every draft rejected
+    assert picks.count(0) > 30 and length.alpha < 0.2
+    # Once plain steps win, a round is tried every EXPLORE_EVERY steps.
+    tail = picks[-2 * EXPLORE_EVERY:]
+    assert sum(1 for g in tail if g) == 2
+    assert length.chosen["0"] == picks.count(0)
+
+
+def test_auto_gamma_is_greedy_exact_and_records_its_choices(tiny):
+    target, draft = tiny(vocab_size=32, seed=0), tiny(vocab_size=32, seed=1, num_layers=1)
+    prompt = "w2 w3 w4"
+    r = tokenleap.generate(prompt, method="sps", model=target, draft=draft, max_new_tokens=30)
+    assert r.token_ids == hf_greedy(target, target.encode(prompt), 30)
+    figures = r.stats.method_stats
+    assert sum(figures.drafts_chosen.values()) == r.stats.target_forwards  # one choice per step
+    assert figures.predicted_ms > 0 and figures.target_ms == measured_curve(target)[1]
+    # The curve is measured once per model and kept.
+    assert measured_curve(target) is measured_curve(target)
