@@ -91,7 +91,10 @@ def test_quant_and_self_draft_through_generate_and_the_cli(tiny_dir, capsys):
 
     path = tiny_dir(vocab_size=32, seed=0)
     ar = tokenleap.generate("w2 w3", model=path, dtype="fp32", max_new_tokens=12)
-    got = tokenleap.generate("w2 w3", method="sps", model=path, draft="self:int8", dtype="fp32", max_new_tokens=12)
+    # gamma fixed: on a tiny model the int8 kernels cost more than the fp32 target, so gamma=auto
+    # would rightly take plain steps.
+    got = tokenleap.generate("w2 w3", method="sps", model=path, draft="self:int8", dtype="fp32", max_new_tokens=12,
+                             gamma=4)
     assert got.token_ids == ar.token_ids and got.stats.accepted > 0
     quantized = tokenleap.generate("w2 w3", model=path, quant="int8", max_new_tokens=12)
     assert quantized.stats.kernels == "int8" and quantized.stats.dtype == "bf16"
