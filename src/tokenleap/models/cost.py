@@ -14,6 +14,8 @@ import json
 import time
 from dataclasses import dataclass
 
+from typing import Callable
+
 import torch
 
 from .hardware import cpu_caps, dtype_name, synchronize
@@ -25,9 +27,11 @@ CURVE_ROWS = (1, 2, 4, 8, 16)
 
 
 @torch.no_grad()
-def forward_ms(model: Model, rows: int = 1, context: int = 256, rounds: int = 30) -> float:
+def forward_ms(model: Model, rows: int = 1, context: int = 256, rounds: int = 30,
+               then: "Callable[[torch.Tensor], object] | None" = None) -> float:
     """Median milliseconds of one forward over `rows` new positions after `context` cached ones
-    (each round rolls the cache back, so every round sees the same context)."""
+    (each round rolls the cache back, so every round sees the same context); with `then`, of
+    the forward plus `then(logits)` (what a decoding step does with them)."""
     runner = model.runner
     device = runner.device
     cache = runner.new_cache(1, context + rows + 8)
@@ -38,7 +42,9 @@ def forward_ms(model: Model, rows: int = 1, context: int = 256, rounds: int = 30
     for i in range(rounds + 5):
         synchronize(device)
         start = time.perf_counter()
-        runner.forward(cache, new)
+        logits = runner.forward(cache, new)
+        if then is not None:
+            then(logits)
         synchronize(device)
         if i >= 5:  # the first few are warm-up
             times.append(time.perf_counter() - start)
@@ -67,14 +73,22 @@ def cost_key(model: Model) -> str:
             f"|{model.runtime()['kernels']}|shapes={shapes}")
 
 
+def _pick_per_row(logits: torch.Tensor) -> None:
+    """What a decoding step does with a forward's logits: one distribution and one pick per
+    row (greedy: a one-hot and an argmax over the vocabulary), the copy to the CPU included."""
+    rows = logits[0].float()
+    torch.nn.functional.one_hot(rows.argmax(-1), rows.shape[-1]).argmax(-1).tolist()
+
+
 def measured_curve(model: Model) -> dict[int, float]:
-    """The model's forward cost by row count: from costs.json, else measured now (a few seconds
-    for a 135M model) and written there; kept by the model for this process."""
+    """A decoding step's cost by row count (a forward and the picks from its logits; for a
+    135M model the picks are ~5% of a target step and ~30% of a small draft's): from
+    costs.json, else measured now (a few seconds) and written there; kept by the model."""
     def measure() -> dict[int, float]:
-        key = cost_key(model)
+        key = "step|" + cost_key(model)
         cached = read_json_cache(costs_file()).get(key)
         if not cached:
-            cached = forward_curve(model, rounds=10)
+            cached = {str(r): round(forward_ms(model, r, rounds=10, then=_pick_per_row), 3) for r in CURVE_ROWS}
             write_json_cache(costs_file(), key, cached)
         return {int(r): float(ms) for r, ms in cached.items()}
 
