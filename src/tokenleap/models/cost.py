@@ -9,17 +9,14 @@ machine, model, dtype/quantization, device and thread count, and cached in costs
 from __future__ import annotations
 
 import bisect
-import hashlib
-import json
 import time
 from dataclasses import dataclass
-
 from typing import Callable
 
 import torch
 
-from .hardware import cpu_caps, dtype_name, synchronize
-from .kernels import read_json_cache, write_json_cache
+from .hardware import synchronize
+from .kernels import choice_key, read_json_cache, write_json_cache
 from .loading import Model
 from .registry import cache_home
 
@@ -53,9 +50,10 @@ def forward_ms(model: Model, rows: int = 1, context: int = 256, rounds: int = 30
 
 
 def forward_curve(model: Model, rows: tuple[int, ...] = CURVE_ROWS, context: int = 256,
-                  rounds: int = 20) -> dict[str, float]:
-    """{"1": ms, "2": ms, ...}: one forward's cost by the number of new rows."""
-    return {str(r): round(forward_ms(model, r, context, rounds), 3) for r in rows}
+                  rounds: int = 20, then: "Callable[[torch.Tensor], object] | None" = None) -> dict[str, float]:
+    """{"1": ms, "2": ms, ...}: one forward's cost (with `then`, a step's: see `forward_ms`) by
+    the number of new rows."""
+    return {str(r): round(forward_ms(model, r, context, rounds, then), 3) for r in rows}
 
 
 def costs_file():
@@ -63,14 +61,10 @@ def costs_file():
 
 
 def cost_key(model: Model) -> str:
-    """What a model's forward cost depends on: machine, software, threads, its weights' shapes,
-    dtype, quantization, layout and device."""
-    caps = cpu_caps()
-    params = [list(p.shape) for p in model.hf_model.parameters()]
-    shapes = hashlib.sha256(json.dumps(params).encode()).hexdigest()[:12]
-    return (f"{caps.model}|{caps.isa}|fallback={int(caps.forced_fallback)}|torch={torch.__version__}"
-            f"|threads={torch.get_num_threads()}|{dtype_name(model.dtype)}|{model.device}|quant={model.quant}"
-            f"|{model.runtime()['kernels']}|shapes={shapes}")
+    """What a model's forward cost depends on: what the kernel choice depends on (machine,
+    software, threads, dtype, device, its weights' shapes), plus quantization and layout."""
+    key = choice_key(list(model.hf_model.parameters()), model.dtype, model.device)
+    return f"{key}|quant={model.quant}|{model.runtime()['kernels']}"
 
 
 def _pick_per_row(logits: torch.Tensor) -> None:
@@ -88,7 +82,7 @@ def measured_curve(model: Model) -> dict[int, float]:
         key = "step|" + cost_key(model)
         cached = read_json_cache(costs_file()).get(key)
         if not cached:
-            cached = {str(r): round(forward_ms(model, r, rounds=10, then=_pick_per_row), 3) for r in CURVE_ROWS}
+            cached = forward_curve(model, rounds=10, then=_pick_per_row)
             write_json_cache(costs_file(), key, cached)
         return {int(r): float(ms) for r, ms in cached.items()}
 
