@@ -97,12 +97,14 @@ def get_model(model: str | Model, dtype: str | torch.dtype | None = "auto",
 SELF_DRAFT = "self:"
 
 
-def self_draft_of(target: Model, spec: str) -> Model:
+def self_draft_of(target: Model, spec: str, own_module: bool = False) -> Model:
     """`self:int8` / `self:int4[-gG]`: the target's own weights, quantized, as its draft (made
-    once per target and quantization, and kept by the target)."""
-    if spec not in target.derived:
-        target.derived[spec] = self_draft(target, spec.removeprefix(SELF_DRAFT))
-    return target.derived[spec]
+    once per target, quantization and kind, and kept by the target). `own_module`: a quantized
+    copy of the module rather than a view of the target's (what HF's assisted loop can run)."""
+    key = spec + ("/own-module" if own_module else "")
+    if key not in target.derived:
+        target.derived[key] = self_draft(target, spec.removeprefix(SELF_DRAFT), own_module)
+    return target.derived[key]
 
 
 def check_compatible(target: Model, draft: Model) -> None:

@@ -361,3 +361,15 @@ def test_quantized_columns_report_agreement_with_the_unquantized_model(bench, pr
 def test_a_quant_variant_of_an_hf_anchor_is_refused(bench):
     code, _ = bench("--methods", "ar,hf@quant=int8", "--limit", "1", "-n", "4")
     assert code == 2
+
+
+def test_hf_assisted_takes_a_self_draft_as_a_module_of_its_own(bench):
+    """`--draft self:int8`: sps drafts with the view of the target's module, HF's assisted loop
+    with a quantized copy of it; both are lossless, and both drafts are counted."""
+    code, results = bench("--methods", "ar,sps,hf-assisted", "--limit", "2", "--gamma", "3", "--draft", "self:int8",
+                          draft=None, n=12)
+    assert code == 0 and results["status"] == "complete" and results["config"]["draft"] == "self:int8"
+    summary = results["summary"]
+    for name in ("sps", "hf-assisted"):
+        assert summary[name]["exact_match"] == 1.0 and summary[name]["draft_forwards_per_token"] > 0
+        assert summary[name]["mean_accepted_length"] > 1

@@ -103,6 +103,22 @@ def test_greedy_equals_hf_generate(tiny_family, variant, runner, method_id):
             assert got.token_ids == want, (prompt, draft is target, got.stats.accepted_hist)
 
 
+@pytest.mark.parametrize("variant,runner", RUNS, ids=[run_id(*r) for r in RUNS])
+def test_self_draft_needs_no_training_on_any_family(tiny_family, variant, runner):
+    """`draft="self:int8"` on every family: a quantized copy of the target (a view of its module
+    where the lean runner covers the family, else a module of its own on the HF runner) drafts, the target judges, greedy
+    output equals HF `generate`, and the copy agrees with the target often."""
+    target = model(tiny_family, variant, runner)
+    for method, opts in (METHODS["sps"], METHODS["mtad"]):
+        for prompt in PROMPTS:
+            got = tokenleap.generate(prompt, method=method, model=target, draft="self:int8", max_new_tokens=N_NEW,
+                                     **opts)
+            assert got.token_ids == expected(target, variant, prompt), (method, prompt)
+            assert got.stats.acceptance_rate > 0.3, (method, prompt, got.stats.accepted_hist)
+    draft = target.derived["self:int8"]
+    assert (draft.hf_model is target.hf_model) == (variant in LEAN)  # the lean runner's families: a view
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_tree_forward_and_packing_are_exact(tiny_family, variant):
     """Through the HF runner: two branches in one forward (tree mask, positions by depth) equal

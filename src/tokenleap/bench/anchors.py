@@ -15,6 +15,7 @@ from ..decoding.warping import Sampling
 from ..methods.pld import PLDOptions
 from ..methods.sps import SPSOptions
 from ..models.loading import Model
+from ..planner import self_draft_of
 
 if TYPE_CHECKING:
     from .variants import BenchMethod
@@ -87,6 +88,10 @@ def hf_generate(method: BenchMethod, target: Model, draft: Model | None, prompt_
     if not sampling.greedy:
         kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
     assistant = draft if method.base == "hf-assisted" else None
+    if assistant is not None and assistant.hf_model is target.hf_model:
+        # A self-draft viewing the target's module: HF's loop needs a module of its own, so it
+        # gets the same quantization as a quantized copy (made once, kept by the target).
+        assistant = self_draft_of(target, assistant.name, own_module=True)
     if assistant is not None:
         kwargs["assistant_model"] = assistant.hf_model
     if method.base == "hf-pld":

@@ -94,11 +94,11 @@ def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model,
     if needing is None:
         return target, None
     draft = require_draft(needing, load_draft(target, config.draft, dtype=config.dtype, device=config.device))
-    if draft.hf_model is target.hf_model and any(m.base == "hf-assisted" for m in methods):
+    if draft is target and any(m.base == "hf-assisted" for m in methods):
         # One module as both models would merge the forward counts (and HF's assistant state).
-        # (A self-draft is a view of the target's own module: HF's loop cannot run it as another model.)
-        raise TokenleapError("hf-assisted needs a draft distinct from the target (pass a copy's path as --draft; "
-                             "a self: draft shares the target's module)")
+        # (A self: draft is fine: hf-assisted gets a quantized copy of the module, see anchors.)
+        raise TokenleapError("hf-assisted needs a draft distinct from the target (a self:int8 draft, or another "
+                             "model's path as --draft)")
     return target, draft
 
 

@@ -106,7 +106,7 @@ class HFRunner:
         self.hf_model = hf_model
         self.windows = attention_layout(hf_model)
         self.num_layers = hf_model.config.get_text_config(decoder=True).num_hidden_layers
-        self.vocab_size = hf_model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = hf_model.get_output_embeddings().out_features  # a QuantLinear's too (quant=)
         self.dtype = hf_model.dtype
         self.device = hf_model.device
 

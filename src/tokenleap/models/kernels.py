@@ -125,6 +125,33 @@ class QuantWeight:
         return self.linear(eye).t().contiguous()
 
 
+class QuantLinear(torch.nn.Module):
+    """An `nn.Linear` whose weight is a QuantWeight: what a transformers model's linears become
+    under `quant=` on the HF runner (and in an HF self-draft), so its own forward runs the
+    quantized kernels. Input and output keep the caller's dtype."""
+
+    def __init__(self, weight: QuantWeight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.qweight = weight
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qweight.linear(x, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.qweight.kind}"
+
+
+@torch.no_grad()
+def quantize_linears(module: torch.nn.Module, kind: str, group: int, act_dtype: torch.dtype) -> None:
+    """Swap every `nn.Linear` under `module` (the output head included) for a QuantLinear of its
+    weight. A module of the caller's own: its other parameters are left as they are."""
+    linears = [(name, m) for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    for name, m in linears:
+        module.set_submodule(name, QuantLinear(quantize(m.weight, kind, group, act_dtype), m.bias))
+
+
 def parse_quant(quant: str | None) -> tuple[str, int]:
     """"none" | "int8" | "int4" | "int4-g64" ... -> (kind, group); clear errors otherwise."""
     name = (quant or "none").strip().lower()

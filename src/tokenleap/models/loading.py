@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -239,8 +240,8 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", devi
         choice = {"layout": quant_kind[0], "quant": quant, "measured": False, "reason": "quant asked for"}
         if use_lean:
             exec_runner.use_layout("dense", quant_kind)
-        else:  # the transformers forward runs the numbers the quantized weights stand for
-            dequantize_in_place(hf_model, quant_kind)
+        else:  # the transformers forward, its linears swapped for the quantized kernels
+            kernels.quantize_linears(hf_model, *quant_kind, act_dtype=torch_dtype)
     elif use_lean:
         if kernels_layout == "auto":
             layout, choice = kernels.choose_layout(exec_runner.matrices(), torch_dtype, torch_device)
@@ -256,30 +257,28 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", devi
                  eos_token_ids=frozenset(eos_ids), kernels=choice)
 
 
-@torch.no_grad()
-def dequantize_in_place(hf_model: torch.nn.Module, quant: tuple[str, int]) -> None:
-    """Replace every Linear weight of a transformers model by its quantize-dequantize round trip
-    (the HF runner's path for `quant=`: the quantized model's numbers, at full-precision speed)."""
-    for module in hf_model.modules():
-        if isinstance(module, torch.nn.Linear):
-            w = module.weight
-            module.weight = torch.nn.Parameter(kernels.quantize(w, *quant, act_dtype=w.dtype).dequantize(),
-                                               requires_grad=False)
-
-
-def self_draft(target: Model, quant: str) -> Model:
+def self_draft(target: Model, quant: str, own_module: bool = False) -> Model:
     """A quantized view of the target's own weights as a draft (`draft="self:int8"`): same
-    tokenizer and module, its own lean runner with quantized matmuls and bf16 activations on the
-    CPU. No training; the target still judges every token, so lossless methods stay lossless."""
+    tokenizer, quantized matmuls and bf16 activations on the CPU. No training; the target still
+    judges every token, so lossless methods stay lossless.
+
+    On the lean runner it shares the target's module (its runner quantizes the matmuls it
+    reads). Otherwise, or with `own_module` (HF's assisted loop needs an assistant distinct from
+    its target), it is a copy of the module with every linear swapped for a quantized one, run
+    by the HF runner: any family the runners load gets one."""
     kind = kernels.parse_quant(quant)
     if kind[0] == "none":
         raise TokenleapError("a self-draft needs a quantization: self:int8, self:int4 or self:int4-gG")
-    if not llama.supports(target.hf_model):
-        raise TokenleapError(f"a self-draft needs the lean runner, which does not cover model type "
-                             f"{target.config.model_type!r}")
     act = torch.bfloat16 if target.device.type == "cpu" else target.dtype
-    runner = llama.LlamaRunner(target.hf_model, dtype=act)
-    runner.use_layout("dense", kind)
-    return Model(name=f"self:{quant}", hf_model=target.hf_model, tokenizer=target.tokenizer, runner=runner,
+    runner: Runner
+    if llama.supports(target.hf_model) and not own_module:
+        module = target.hf_model
+        runner = llama.LlamaRunner(module, dtype=act)
+        runner.use_layout("dense", kind)
+    else:
+        module = copy.deepcopy(target.hf_model).to(act)
+        kernels.quantize_linears(module, *kind, act_dtype=act)
+        runner = HFRunner(module)
+    return Model(name=f"self:{quant}", hf_model=module, tokenizer=target.tokenizer, runner=runner,
                  eos_token_ids=target.eos_token_ids,
                  kernels={"layout": kind[0], "quant": quant, "measured": False, "reason": "self-draft"})
