@@ -13,7 +13,7 @@ from .envinfo import add_env_command
 from .errors import TokenleapError
 from .flags import add_method_option_flags, add_runtime_flags, add_sampling_flags, method_options
 from .methods import METHODS
-from .models.registry import DEFAULT_MODEL, REGISTRY
+from .models.registry import DEFAULT_MODEL, entries
 from .train.command import add_train_command
 
 
@@ -40,8 +40,12 @@ def cmd_generate(args: argparse.Namespace, option_names: list[str]) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    for entry in REGISTRY.values():
-        print(f"{entry.name:24s} {entry.description}")
+    """The registry: built-in entries and the user file's, where each comes from, what it has."""
+    rows = [("name", "source", "artifacts", "description")]
+    rows += [(e.name, e.source, ", ".join(e.artifacts()) or "-", e.description) for e in entries().values()]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
     return 0
 
 
@@ -73,7 +77,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     names = add_method_option_flags(gen)
     handlers["generate"] = lambda a: cmd_generate(a, names)
 
-    sub.add_parser("models", help="list registry model names")
+    sub.add_parser("models", help="list registry models: built-in ones and the user file's "
+                   "($TOKENLEAP_REGISTRY, else models.toml in $TOKENLEAP_HOME)")
     handlers["models"] = cmd_models
 
     srv = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API (completions, chat, streaming)")

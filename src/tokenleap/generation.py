@@ -12,7 +12,7 @@ from .decoding.stats import DecodeStats
 from .decoding.stopping import TextStream
 from .models.loading import Messages, Model
 from .models.registry import DEFAULT_MODEL
-from .planner import GenerationPlan, get_model, plan_generation
+from .planner import GenerationPlan, get_model, plan_generation, registered_options
 
 __all__ = ["GenerationResult", "GenerationStream", "generate", "get_model", "run"]
 
@@ -99,8 +99,10 @@ def generate(prompt: str | Messages | list[int], method: str = "ar", model: str 
       `model`/`draft` are names rather than loaded `Model`s; so does quant ("int8", "int4",
       "int4-g64": weight-only quantization of the target). draft="self:int8" (or "self:int4")
       drafts with a quantized view of the target's own weights. With stream=True a
-      GenerationStream is returned: iterate it for text pieces, then read `.result`.
+      GenerationStream is returned: iterate it for text pieces, then read `.result`. A model
+      from the user's registry file brings its default method options; keywords override them.
     """
+    options = {**registered_options(model, method), **options}
     plan = plan_generation(prompt=prompt, method=method, model=model, draft=draft, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, chat=chat,
                            dtype=dtype, device=device, quant=quant, options=options)

@@ -21,9 +21,10 @@ from .decoding.stats import DecodeStats
 from .decoding.stopping import StopCondition
 from .decoding.warping import Sampling
 from .errors import TokenleapError
-from .methods import MethodSpec, get_method
+from .methods import METHODS, MethodSpec, get_method
 from .models.loading import Messages, Model, load_model, self_draft
-from .models.registry import REGISTRY
+from .models.registry import lookup
+from .options import check_known, check_value, names
 
 SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed takes: [low, high)
 
@@ -121,8 +122,9 @@ def load_draft(target: Model, draft: str | Model | None, *, dtype: str | torch.d
                device: str | torch.device = "auto", registry_draft: bool = True) -> Model | None:
     """The draft model: `draft`, else (with `registry_draft`) the target's default draft in the
     registry, else None; checked to share the target's tokenizer."""
-    if draft is None and registry_draft and target.name in REGISTRY:
-        draft = REGISTRY[target.name].default_draft
+    entry = lookup(target.name) if draft is None and registry_draft else None
+    if entry is not None:
+        draft = entry.default_draft
     if draft is None:
         return None
     if isinstance(draft, str) and draft.startswith(SELF_DRAFT):
@@ -130,6 +132,28 @@ def load_draft(target: Model, draft: str | Model | None, *, dtype: str | torch.d
     draft_model = get_model(draft, dtype, device)
     check_compatible(target, draft_model)
     return draft_model
+
+
+def registered_options(model: str | Model, method: str) -> dict[str, Any]:
+    """The default options of `method` that the model's user registry entry sets (its
+    [models.NAME.options.METHOD] tables, every one checked against its method's schema, with
+    errors naming the file); {} for any other model. `generate` lays the caller's options over them."""
+    entry = lookup(model.base_name if isinstance(model, Model) else model)
+    if entry is None or not entry.options:
+        return {}
+    with about("options"):
+        for name, values in entry.options.items():
+            where = entry.where(f"options.{name}")
+            if name not in METHODS:
+                raise TokenleapError(f"{where}: unknown method {name!r}; available: {', '.join(METHODS)}")
+            cls = METHODS[name].options
+            check_known(values, names(cls), owner=where)
+            for key, value in values.items():
+                try:
+                    check_value(cls, key, value, owner=f"method {name!r}")
+                except TokenleapError as exc:
+                    raise TokenleapError(f"{where}.{key}: {exc}") from None
+    return dict(entry.options.get(method, {}))
 
 
 def require_draft(method: str, draft: Model | None) -> Model:

@@ -28,14 +28,19 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import TokenleapError
 from .llama import LlamaRunner
-from .registry import artifact_dir
+from .registry import BUILT_IN, artifact_dir, lookup
 
 if TYPE_CHECKING:
     from .loading import Model
 
 
 def artifact_for(model_name: str) -> Path | None:
-    """The committed trained-head artifact for a registry model name, if there is one."""
+    """The trained-head artifact for a model name, if there is one: the `exit_heads` directory
+    of its user registry entry, else the committed one."""
+    entry = lookup(model_name)
+    if entry is not None and entry.source != BUILT_IN:
+        found = entry.artifact("exit_heads")
+        return found.parent if found else None
     path = artifact_dir(model_name, "ppd")
     return path if (path / "heads.safetensors").is_file() else None
 

@@ -19,7 +19,7 @@ from ..errors import TokenleapError
 from . import kernels, llama
 from .hardware import dtype_name, resolve_device, resolve_dtype
 from .hf import HFRunner
-from .registry import REGISTRY, SUBSET_FILE, cache_home
+from .registry import REGISTRY, SUBSET_FILE, cache_home, entries, lookup
 from .runner import Runner
 
 Messages = list[dict[str, str]]
@@ -161,9 +161,10 @@ def gguf_checkpoint(gguf_path: Path) -> Path:
 
 
 def locate(name_or_path: str) -> str:
-    """A local checkpoint directory (or hub id) for a registry name, path or GGUF file."""
-    if name_or_path in REGISTRY:
-        entry = REGISTRY[name_or_path]
+    """A local checkpoint directory (or hub id) for a registry name (built-in or the user
+    file's: `registry.lookup`), path or GGUF file."""
+    entry = lookup(name_or_path)
+    if entry is not None:
         found = entry.locate(Path(locate(entry.base))) if entry.base else entry.locate()
         return str(gguf_checkpoint(found) if found.suffix == ".gguf" else found)
     path = Path(name_or_path).expanduser()
@@ -177,9 +178,23 @@ def locate(name_or_path: str) -> str:
         return str(path)
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_like_path or "/" not in name_or_path:
-        known = ", ".join(sorted(REGISTRY))
+        try:
+            known = ", ".join(sorted(entries()))
+        except TokenleapError:  # a malformed user file: `tokenleap models` says what is wrong
+            known = ", ".join(sorted(REGISTRY))
         raise TokenleapError(f"unknown model {name_or_path!r}: not a registry name ({known}) and no such path")
     return name_or_path  # a hub id: transformers fetches it (or fails clearly when offline)
+
+
+def gguf_source(name_or_path: str) -> Path | None:
+    """The GGUF file a model name or path was converted from (None: it came from no GGUF file);
+    what llama.cpp runs beside us in the bench."""
+    entry = lookup(name_or_path)
+    if entry is not None:
+        found = None if entry.base else entry.locate()
+        return found if isinstance(found, Path) and found.suffix == ".gguf" else None
+    path = Path(name_or_path).expanduser()
+    return path if path.suffix == ".gguf" and path.is_file() else None
 
 
 def not_a_causal_lm(source: str) -> str | None:

@@ -13,19 +13,18 @@ from pathlib import Path
 import torch
 
 from ..errors import TokenleapError
-from .registry import REGISTRY, artifact_dir
+from .registry import ARTIFACT_FILES, lookup
 
 INITS = ("mean", "zero", "random")  # untrained embeddings; "mean" is the paper's starting point
 TENSOR_KEY = "lookahead"
-FILE = "lookahead.safetensors"
+FILE = ARTIFACT_FILES["lookahead"]  # lookahead.safetensors
 
 
 def artifact_for(model) -> Path | None:
-    """The committed embeddings (`tokenleap train lookahead`) for a registry model, if any."""
-    if model.base_name not in REGISTRY:
-        return None
-    path = artifact_dir(model.base_name, "pass") / FILE
-    return path if path.is_file() else None
+    """The trained embeddings (`tokenleap train lookahead`) registered for a model, if any: a
+    built-in model's committed ones, or the `lookahead` directory of its user registry entry."""
+    entry = lookup(model.base_name)
+    return None if entry is None else entry.artifact("lookahead")
 
 
 def check_spec(spec: str, kinds: tuple[str, ...]) -> None:
