@@ -373,3 +373,32 @@ def test_hf_assisted_takes_a_self_draft_as_a_module_of_its_own(bench):
     for name in ("sps", "hf-assisted"):
         assert summary[name]["exact_match"] == 1.0 and summary[name]["draft_forwards_per_token"] > 0
         assert summary[name]["mean_accepted_length"] > 1
+
+
+def test_llamacpp_without_a_gguf_source_is_not_measured_and_nothing_fails(bench, tmp_path):
+    """The tiny target came from no GGUF file (and llama-cpp-python may be missing): the column
+    is reported as not measured, every other method runs."""
+    code, results = bench("--methods", "ar,llamacpp", "--limit", "1", draft=None, n=4)
+    assert code == 0 and results["status"] == "complete" and list(results["summary"]) == ["ar"]
+    why = results["config"]["not_measured"]["llamacpp"]
+    assert "GGUF" in why or "llama-cpp-python is not installed" in why
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"- llamacpp: not measured: {why}" in report
+
+
+def test_llamacpp_runs_the_gguf_beside_ar_in_one_run(tmp_path):
+    """With llama-cpp-python installed: the default model's own GGUF, greedy, counted like ar."""
+    pytest.importorskip("llama_cpp")
+    from tokenleap.cli import main
+
+    rows = [{"question_id": 1, "category": "qa", "turns": ["Name three colours."]}]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps(rows[0]) + "\n")
+    assert main(["bench", "--prompts", str(prompts), "--methods", "ar,llamacpp", "--max-new-tokens", "12",
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    record = next(r for r in results["per_prompt"] if r["method"] == "llamacpp")
+    assert record["error"] is None and 1 <= record["tokens"] <= 12
+    assert record["stats"]["kernels"] == "llama.cpp" and record["stats"]["dtype"] == "q4_1"
+    assert record["stats"]["target_forwards"] == record["tokens"]
+    assert "x llamacpp" in (tmp_path / "out" / "report.md").read_text()

@@ -32,6 +32,8 @@ class HFOptions(PLDOptions, SPSOptions):
 # prompt_lookup_num_tokens and max_matching_ngram_size, like pld; defaults as pld's).
 HF_METHODS: dict[str, tuple[str, ...]] = {"hf": (), "hf-assisted": ("gamma",), "hf-pld": ("num_draft", "max_ngram")}
 HF_OPTIONS = HFOptions
+# Every anchor and the options it takes: HF's loops and llama.cpp (bench/llamacpp.py, none).
+ANCHORS: dict[str, tuple[str, ...]] = {**HF_METHODS, "llamacpp": ()}
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ def _int_list(text: str) -> list[int]:
 def add_bench_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     """Register the `bench` subcommand; returns its handler."""
     from ..methods import METHODS
-    from .anchors import HF_METHODS
+    from .anchors import ANCHORS
 
     p = sub.add_parser("bench", help="benchmark decoding methods on Spec-Bench prompts",
                        description="Benchmark decoding methods on Spec-Bench prompts; writes results.json, "
@@ -44,7 +44,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> Callable[[argparse.Nam
     p.add_argument("--limit", type=int, default=None, help="at most N prompts, taken round-robin over categories")
     p.add_argument("--categories", type=_csv, default=None, help="only these categories (comma-separated)")
     p.add_argument("--methods", type=_csv, default=["ar"],
-                   help=f"comma-separated, from: {', '.join([*METHODS, *HF_METHODS])} (default: ar); "
+                   help=f"comma-separated, from: {', '.join([*METHODS, *ANCHORS])} (default: ar); "
                         "a variant with its own options is name@key=value+key=value, e.g. "
                         "pass@lookahead=2+embeddings=zero")
     p.add_argument("--model", default=DEFAULT_MODEL, help="target: registry name, HF directory, .gguf or hub id")

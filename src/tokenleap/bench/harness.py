@@ -27,6 +27,7 @@ from ..planner import get_model, load_draft, require_draft
 # The pieces of a run live in their own modules; importers of this one (the bench command,
 # scripts/law_check.py, the tests) find them here too.
 from .anchors import HF_METHODS, HF_OPTIONS, assistant_settings, count_forwards, cut_at_eos, hf_generate
+from . import llamacpp
 from .energy import EnergyMeter
 from .measure import (PIT_SEED_OFFSET, WARMUP_TOKENS, Recorder, forward_costs, generate_once, machine_info,
                       measure, pit_generator, pit_record, warm_up)
@@ -130,6 +131,17 @@ def add_agreement(records: list[dict[str, Any]], methods: list[BenchMethod], tar
         record["agreement"], record["agreement_n"] = (same / n if n else None), n
 
 
+def measurable(methods: list[BenchMethod], target: Model) -> tuple[list[BenchMethod], dict[str, str]]:
+    """The methods this machine can run, and {name: why not} for an anchor it cannot (llama.cpp
+    not installed, or a model from no GGUF file): reported as not measured, never a failure."""
+    why = llamacpp.unavailable(target) if any(m.base == llamacpp.NAME for m in methods) else None
+    skipped = {m.name: why for m in methods if why and m.base == llamacpp.NAME}
+    kept = [m for m in methods if m.name not in skipped]
+    if not kept:
+        raise TokenleapError(f"nothing to measure: {'; '.join(f'{n}: {w}' for n, w in skipped.items())}")
+    return kept, skipped
+
+
 def run_config(config: BenchConfig, target: Model, draft: Model | None, energy_source: str) -> dict[str, Any]:
     import transformers
 
@@ -170,8 +182,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     target, draft = load_models(config, methods)
     targets = quantized_targets(config, methods, target)
+    methods, not_measured = measurable(methods, target)
     meter = EnergyMeter()
-    recorder = Recorder(Path(config.out), run_config(config, target, draft, meter.source), methods)
+    recorder = Recorder(Path(config.out), {**run_config(config, target, draft, meter.source),
+                                           "not_measured": not_measured}, methods)
 
     def target_of(m: BenchMethod) -> Model:
         return targets[m.quant] if m.quant else target

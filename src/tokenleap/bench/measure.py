@@ -20,6 +20,7 @@ from ..models.hardware import cpu_model, synchronize
 from ..models.loading import Model
 from .anchors import hf_generate
 from .energy import EnergyMeter
+from .llamacpp import NAME as LLAMACPP, llamacpp_generate
 from .prompts import Prompt
 from .variants import BenchMethod
 
@@ -30,6 +31,8 @@ def generate_once(method: BenchMethod, target: Model, draft: Model | None, promp
                   max_new_tokens: int, sampling: Sampling, seed: int) -> tuple[list[int], DecodeStats]:
     if method.is_hf:
         return hf_generate(method, target, draft, prompt_ids, max_new_tokens, sampling, seed)
+    if method.base == LLAMACPP:
+        return llamacpp_generate(method, target, prompt_ids, max_new_tokens, sampling, seed)
     result = generate(prompt_ids, method=method.base, model=target, draft=draft if method.needs_draft else None,
                       max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
                       top_p=sampling.top_p, seed=seed, **method.options)

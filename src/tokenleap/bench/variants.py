@@ -12,7 +12,7 @@ from ..errors import TokenleapError
 from ..methods import METHODS
 from ..models.kernels import parse_quant
 from ..options import check_known, check_value, kind, names, parse_text
-from .anchors import HF_METHODS, HF_OPTIONS
+from .anchors import ANCHORS, HF_METHODS, HF_OPTIONS
 
 
 @dataclass
@@ -20,7 +20,7 @@ class BenchMethod:
     """One column of the benchmark: a tokenleap method or an HF anchor, with its options."""
 
     name: str  # as reported, e.g. "sps" or "sps@g=2" in a gamma sweep
-    base: str  # key in METHODS, or "hf" / "hf-assisted"
+    base: str  # key in METHODS, or an anchor: "hf", "hf-assisted", "hf-pld", "llamacpp"
     options: dict[str, Any]
     needs_draft: bool
     lossless: bool
@@ -30,24 +30,29 @@ class BenchMethod:
     def is_hf(self) -> bool:
         return self.base in HF_METHODS
 
+    @property
+    def is_anchor(self) -> bool:
+        """Not a tokenleap method: HF's loops or llama.cpp."""
+        return self.base in ANCHORS
+
     def info(self) -> dict[str, Any]:
         """What results.json records about the method, with its effective option values."""
         effective = dict(self.options)
-        if not self.is_hf:
+        if not self.is_anchor:
             effective = dataclasses.asdict(METHODS[self.base].make_options(self.options))
         return {"name": self.name, "base": self.base, "options": effective,
                 "needs_draft": self.needs_draft, "lossless": self.lossless, "quant": self.quant}
 
 
 def accepted_options(base: str) -> tuple[str, ...]:
-    if base in HF_METHODS:
-        return HF_METHODS[base]
+    if base in ANCHORS:
+        return ANCHORS[base]
     return names(METHODS[base].options)
 
 
 def options_schema(base: str) -> type | None:
     """The options class that declares a method's options (None for an unknown method)."""
-    return HF_OPTIONS if base in HF_METHODS else METHODS[base].options if base in METHODS else None
+    return HF_OPTIONS if base in ANCHORS else METHODS[base].options if base in METHODS else None
 
 
 def parse_variant(entry: str) -> tuple[str, dict[str, Any]]:
@@ -73,7 +78,7 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
     method taking `gamma` becomes one method per value, named like `sps@g=2`."""
     if not names:
         raise TokenleapError("no methods given (--methods ar,sps,...)")
-    available = list(METHODS) + list(HF_METHODS)
+    available = list(METHODS) + list(ANCHORS)
     planned: list[BenchMethod] = []
     for entry in dict.fromkeys(names):  # a method listed twice runs once
         name, variant = parse_variant(entry)
@@ -81,16 +86,17 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
             raise TokenleapError(f"unknown method {name!r}; available: {', '.join(available)}")
         quant = variant.pop("quant", None)
         if quant is not None:
-            if name in HF_METHODS:
-                raise TokenleapError(f"{entry}: the HF anchors run transformers' own forward on the run's "
-                                     "weights; quant= variants are for tokenleap methods")
+            if name in ANCHORS:
+                raise TokenleapError(f"{entry}: the anchors run their own forward on the run's weights (llama.cpp: "
+                                     "the GGUF's); quant= variants are for tokenleap methods")
             parse_quant(str(quant))  # a bad value fails now, not mid-run
             quant = str(quant)
         takes = accepted_options(name)
         check_known(variant, takes, owner=f"method {name!r}")
         own = {**{k: v for k, v in options.items() if k in takes}, **variant}
         needs_draft = name == "hf-assisted" or (name in METHODS and METHODS[name].needs_draft)
-        lossless = name in HF_METHODS or METHODS[name].lossless
+        # llama.cpp runs the GGUF's own weights, not the target's: its output is not ours to match.
+        lossless = name in HF_METHODS or (name in METHODS and METHODS[name].lossless)
         gammas = sweep_gamma if sweep_gamma and "gamma" in takes and "gamma" not in variant else [None]
         for g in gammas:
             opts = own if g is None else {**own, "gamma": g}
@@ -99,7 +105,7 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
     if sweep_gamma and not any("@g=" in m.name for m in planned):
         raise TokenleapError("--sweep-gamma needs a method with a gamma option among --methods (e.g. sps)")
     for m in planned:  # bad option values fail now, not mid-run
-        if m.is_hf:
+        if m.is_anchor:
             m.options = {k: check_value(HF_OPTIONS, k, v, owner=f"method {m.base!r}") for k, v in m.options.items()}
         else:
             METHODS[m.base].make_options(m.options)
