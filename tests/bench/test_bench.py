@@ -402,3 +402,18 @@ def test_llamacpp_runs_the_gguf_beside_ar_in_one_run(tmp_path):
     assert record["stats"]["kernels"] == "llama.cpp" and record["stats"]["dtype"] == "q4_1"
     assert record["stats"]["target_forwards"] == record["tokens"]
     assert "x llamacpp" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_column_may_name_its_own_draft(bench):
+    """`sps@draft=self:int4` beside `sps` (the run's --draft): each drafts with its own model,
+    both stay lossless; a method that takes no draft refuses one."""
+    code, results = bench("--methods", "ar,sps,sps@draft=self:int4", "--limit", "2", "--gamma", "3", n=12)
+    assert code == 0 and results["status"] == "complete"
+    drafts = {m["name"]: m["draft"] for m in results["methods"]}
+    assert drafts == {"ar": None, "sps": None, "sps@draft=self:int4": "self:int4"}
+    summary = results["summary"]
+    assert summary["sps"]["exact_match"] == summary["sps@draft=self:int4"]["exact_match"] == 1.0
+    # The run's draft is an unrelated model; the int4 view of the target agrees with it far more.
+    assert summary["sps@draft=self:int4"]["acceptance_rate"] > summary["sps"]["acceptance_rate"]
+    code, _ = bench("--methods", "ar,ar@draft=self:int8", "--limit", "1", n=4)
+    assert code == 2

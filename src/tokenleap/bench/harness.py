@@ -88,19 +88,23 @@ class BenchConfig:
 
 # ---- the run -------------------------------------------------------------------------------
 
-def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model, Model | None]:
-    """Target, and the draft when some method needs one; each loaded once for the whole run."""
+def load_models(config: BenchConfig, methods: list[BenchMethod]) -> tuple[Model, dict[str | None, Model]]:
+    """Target, and the drafts some method needs: the run's (key None) and any a column names
+    (`sps@draft=self:int4`, keyed by its spec); each loaded once for the whole run."""
     target = get_model(config.model, config.dtype, config.device, config.quant)
-    needing = next((m.name for m in methods if m.needs_draft), None)
-    if needing is None:
-        return target, None
-    draft = require_draft(needing, load_draft(target, config.draft, dtype=config.dtype, device=config.device))
-    if draft is target and any(m.base == "hf-assisted" for m in methods):
-        # One module as both models would merge the forward counts (and HF's assistant state).
-        # (A self: draft is fine: hf-assisted gets a quantized copy of the module, see anchors.)
-        raise TokenleapError("hf-assisted needs a draft distinct from the target (a self:int8 draft, or another "
-                             "model's path as --draft)")
-    return target, draft
+    drafts: dict[str | None, Model] = {}
+    for m in methods:
+        if not m.needs_draft or m.draft in drafts:
+            continue
+        spec = m.draft if m.draft is not None else config.draft
+        draft = require_draft(m.name, load_draft(target, spec, dtype=config.dtype, device=config.device))
+        if draft is target and m.base == "hf-assisted":
+            # One module as both models would merge the forward counts (and HF's assistant state).
+            # (A self: draft is fine: hf-assisted gets a quantized copy of the module, see anchors.)
+            raise TokenleapError("hf-assisted needs a draft distinct from the target (a self:int8 draft, or another "
+                                 "model's path as --draft)")
+        drafts[m.draft] = draft
+    return target, drafts
 
 
 def quantized_targets(config: BenchConfig, methods: list[BenchMethod], target: Model) -> dict[str, Model]:
@@ -180,7 +184,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         if config.threads < 1:
             raise TokenleapError(f"--threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
-    target, draft = load_models(config, methods)
+    target, drafts = load_models(config, methods)
+    draft = drafts.get(None) or next(iter(drafts.values()), None)  # the run's draft, as results.json names it
     targets = quantized_targets(config, methods, target)
     methods, not_measured = measurable(methods, target)
     meter = EnergyMeter()
@@ -191,7 +196,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         return targets[m.quant] if m.quant else target
 
     def run_method(m: BenchMethod, prompt_ids: list[int], seed: int, max_new: int = config.max_new_tokens):
-        return generate_once(m, target_of(m), draft, prompt_ids, max_new, config.sampling, seed)
+        return generate_once(m, target_of(m), drafts.get(m.draft), prompt_ids, max_new, config.sampling, seed)
 
     def scorer(m: BenchMethod):
         """Perplexity under the unquantized target; the law check under the method's own target."""

@@ -25,6 +25,7 @@ class BenchMethod:
     needs_draft: bool
     lossless: bool
     quant: str | None = None  # the target's weight quantization for this column (None: the run's --quant)
+    draft: str | None = None  # this column's draft (`sps@draft=self:int4`; None: the run's --draft)
 
     @property
     def is_hf(self) -> bool:
@@ -41,7 +42,7 @@ class BenchMethod:
         if not self.is_anchor:
             effective = dataclasses.asdict(METHODS[self.base].make_options(self.options))
         return {"name": self.name, "base": self.base, "options": effective,
-                "needs_draft": self.needs_draft, "lossless": self.lossless, "quant": self.quant}
+                "needs_draft": self.needs_draft, "lossless": self.lossless, "quant": self.quant, "draft": self.draft}
 
 
 def accepted_options(base: str) -> tuple[str, ...]:
@@ -58,7 +59,8 @@ def options_schema(base: str) -> type | None:
 def parse_variant(entry: str) -> tuple[str, dict[str, Any]]:
     """"pass@lookahead=2+embeddings=zero" -> ("pass", {"lookahead": 2, "embeddings": "zero"}):
     one method several times in a run, each with its own options (the entry is its label).
-    `quant=int8` (not a method option: the target's weights) is kept as text."""
+    `quant=int8` and `draft=self:int4` (not method options: the target's weights, the column's
+    draft) are kept as text."""
     name, _, spec = entry.partition("@")
     options: dict[str, Any] = {}
     for item in filter(None, spec.split("+")):
@@ -91,17 +93,21 @@ def plan_methods(names: list[str], options: dict[str, Any], sweep_gamma: list[in
                                      "the GGUF's); quant= variants are for tokenleap methods")
             parse_quant(str(quant))  # a bad value fails now, not mid-run
             quant = str(quant)
+        draft = variant.pop("draft", None)
+        needs_draft = name == "hf-assisted" or (name in METHODS and METHODS[name].needs_draft)
+        if draft is not None and not needs_draft:
+            raise TokenleapError(f"{entry}: method {name!r} takes no draft model")
         takes = accepted_options(name)
         check_known(variant, takes, owner=f"method {name!r}")
         own = {**{k: v for k, v in options.items() if k in takes}, **variant}
-        needs_draft = name == "hf-assisted" or (name in METHODS and METHODS[name].needs_draft)
         # llama.cpp runs the GGUF's own weights, not the target's: its output is not ours to match.
         lossless = name in HF_METHODS or (name in METHODS and METHODS[name].lossless)
         gammas = sweep_gamma if sweep_gamma and "gamma" in takes and "gamma" not in variant else [None]
         for g in gammas:
             opts = own if g is None else {**own, "gamma": g}
             label = entry if g is None else f"{entry}@g={g}"
-            planned.append(BenchMethod(label, name, opts, needs_draft, lossless, quant))
+            planned.append(BenchMethod(label, name, opts, needs_draft, lossless, quant,
+                                       None if draft is None else str(draft)))
     if sweep_gamma and not any("@g=" in m.name for m in planned):
         raise TokenleapError("--sweep-gamma needs a method with a gamma option among --methods (e.g. sps)")
     for m in planned:  # bad option values fail now, not mid-run
