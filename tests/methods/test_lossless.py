@@ -32,7 +32,6 @@ OPTION_SETS = {
     "ppd": [{}, {"candidates": 1, "workers": 1}, {"exit_layer": 1, "candidates": 3, "workers": 2},
             {"candidates": 5, "workers": 1, "head": "shared"}, {"candidates": 2, "simulate": True}],
 }
-LEAN_ONLY = {"ppd"}  # needs per-layer access from the lean runner
 CASES = [(name, opts) for name, sets in OPTION_SETS.items() for opts in sets]
 PROMPTS = ["w2 w3 w4", "w5", "w7 w8 w9 w10 w11 w12 w13"]
 
@@ -52,8 +51,6 @@ def greedy(method, opts, target, draft, prompt, n):
 @pytest.mark.parametrize("method,opts", CASES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_greedy_equals_hf_generate_on_tiny_models(tiny, runner, method, opts, seed):
-    if runner == "hf" and method in LEAN_ONLY:
-        pytest.skip(f"{method} runs on the lean runner only")
     target = tiny(runner=runner, vocab_size=32, seed=seed)
     unrelated = tiny(runner=runner, vocab_size=32, seed=seed + 100, num_layers=1)
     drafts = {"same": target, "unrelated": unrelated}

@@ -104,15 +104,35 @@ def test_full_depth_no_scratch_leak_and_committed_kv_equals_plain_decoding(tiny,
     # Committed K/V: exactly the verified positions, what plain decoding computes (a promoted branch
     # row ran as one row of a batched decode step: bit-equal in bf16, see the real-model test; fp32
     # BLAS may round a batch of rows differently from a single row).
-    assert pipe.cache.length == len(prompt_ids) + len(tokens) - 1
+    assert pipe.layers.committed.length == len(prompt_ids) + len(tokens) - 1
     plain = model.runner.new_cache(1, 64)
     model.runner.forward(plain, torch.tensor([prompt_ids]))
     for t in tokens[:-1]:
         model.runner.forward(plain, torch.tensor([[t]]))
-    n = pipe.cache.length
+    n = pipe.layers.committed.length
     for m in range(LAYERS):
-        torch.testing.assert_close(pipe.cache.keys[m][:, :, :n], plain.keys[m][:, :, :n], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(pipe.cache.values[m][:, :, :n], plain.values[m][:, :, :n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pipe.layers.committed.keys[m][:, :, :n], plain.keys[m][:, :, :n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pipe.layers.committed.values[m][:, :, :n], plain.values[m][:, :, :n], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d,workers", [(2, 2), (4, 1)])
+def test_on_the_hf_runner_the_committed_cache_is_what_plain_decoding_builds(tiny, d, workers):
+    """Through the model's own decoder (models/layered.py): every layer of the committed cache
+    holds exactly the verified positions, as plain decoding computes them, promoted rows included."""
+    model = tiny(runner="hf", vocab_size=32, num_layers=LAYERS, seed=0)
+    model = dataclasses.replace(model, eos_token_ids=frozenset({32}))  # no EOS: 25 tokens
+    prompt_ids = model.encode("w2 w3 w4 w5")
+    pipe, ctx, tokens = pipeline(model, prompt_ids, 25, exit_layer=d, candidates=3, workers=workers)
+    assert tokens == hf_greedy(model, prompt_ids, 25)
+    assert pipe.counts["layers_promoted"] > 0 and pipe.counts["layers_main"] + pipe.counts["layers_promoted"] == (
+        LAYERS * len(tokens))
+    plain = model.runner.new_cache()
+    model.runner.forward(plain, torch.tensor([prompt_ids + tokens[:-1]]))
+    n = len(prompt_ids) + len(tokens) - 1
+    for got, want in zip(pipe.layers.committed.inner.layers, plain.inner.layers):
+        assert got.keys.shape[2] == n
+        torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-5)
 
 
 def test_early_stop_joins_the_workers_and_keeps_thread_settings(tiny):
@@ -139,9 +159,11 @@ def test_errors(tiny):
     for kwargs in cases:
         with pytest.raises(tokenleap.TokenleapError):
             tokenleap.generate("w2", method="ppd", model=model, max_new_tokens=4, **kwargs)
+    # On the HF runner ppd runs with the shared head (tests/models/test_families.py); trained
+    # heads are the lean runner's.
     hf = tiny(runner="hf", vocab_size=32, num_layers=LAYERS, seed=0)
     with pytest.raises(tokenleap.TokenleapError, match="lean runner"):
-        tokenleap.generate("w2", method="ppd", model=hf, max_new_tokens=4)
+        tokenleap.generate("w2", method="ppd", model=hf, max_new_tokens=4, head="trained")
 
 
 def test_stats(tiny):
@@ -214,5 +236,5 @@ def test_bit_exact_with_ar_in_bf16_on_default_model():
         model.runner.forward(plain, torch.tensor([prompt_ids]))
         for t in tokens[:-1]:
             model.runner.forward(plain, torch.tensor([[t]]))
-        n = pipe.cache.length
-        assert all(torch.equal(pipe.cache.keys[m][:, :, :n], plain.keys[m][:, :, :n]) for m in range(30))
+        n = pipe.layers.committed.length
+        assert all(torch.equal(pipe.layers.committed.keys[m][:, :, :n], plain.keys[m][:, :, :n]) for m in range(30))

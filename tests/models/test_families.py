@@ -1,4 +1,4 @@
-"""Every method but ppd on every decoder family, through the HF runner (and the lean one where
+"""Every method on every decoder family, through the HF runner (and the lean one where
 runner="auto" picks it): greedy output equals HF `generate` token for token, the tree forward
 and its cache packing are exact, sampling keeps the target's law (sps, pass) on a few
 families, and models no method can run on are refused with a TokenleapError.
@@ -42,7 +42,7 @@ VARIANTS = {  # id: (family, settings)
 }
 LEAN = {"llama", "mistral", "qwen2"}  # runner="auto" takes the lean runner (checked below)
 RUNS = [(v, "auto") for v in VARIANTS] + [(v, "hf") for v in VARIANTS if v in LEAN]
-METHODS = {  # id: (method, options); every method but ppd (lean runner only)
+METHODS = {  # id: (method, options)
     "ar": ("ar", {}),
     "sps": ("sps", {"gamma": 3}),
     "mtad": ("mtad", {"gamma": 3, "beam_width": 3}),
@@ -50,8 +50,12 @@ METHODS = {  # id: (method, options); every method but ppd (lean runner only)
     "pass-one-call": ("pass", {"scheme": "one-call", "lookahead": 3}),
     "pass-two-call": ("pass", {"scheme": "two-call", "lookahead": 3}),
     "pass-merged": ("pass", {"scheme": "merged", "lookahead": 3}),
+    "pld": ("pld", {"num_draft": 3}),
+    "ppd": ("ppd", {"candidates": 3}),  # per-layer access through the model's own decoder (models/layered.py)
+    "ppd-one-worker": ("ppd", {"candidates": 2, "workers": 1, "exit_layer": 1}),
 }
 TREE_METHODS = {"mtad-tree", "pass-one-call"}
+CUSTOM_MASK_METHODS = TREE_METHODS | {"ppd", "ppd-one-worker"}  # forwards with our masks and positions
 VOCAB = 32
 N_NEW = 24
 # Longer than the window, and shorter (the window is crossed while generating).
@@ -189,13 +193,13 @@ def test_an_encoder_decoder_is_refused_at_load(tmp_path):
 @pytest.mark.parametrize("method_id", list(METHODS))
 def test_alibi_falcon_runs_chains_and_refuses_trees(tiny_family, method_id):
     """ALiBi Falcon derives its position biases from a 2D padding mask, so it cannot take a
-    tree's mask and positions: tree methods get a TokenleapError, chain methods stay exact."""
+    tree's (or ppd's) mask and positions: those methods get a TokenleapError, chain methods stay exact."""
     method, opts = METHODS[method_id]
     target = dataclasses.replace(tiny_family("falcon", alibi=True), eos_token_ids=frozenset({VOCAB}))
     draft = target if tokenleap.METHODS[method].needs_draft else None
     prompt = PROMPTS[0]
-    if method_id in TREE_METHODS:
-        with pytest.raises(TokenleapError, match="'falcon'.*tree"):
+    if method_id in CUSTOM_MASK_METHODS:
+        with pytest.raises(TokenleapError, match="'falcon'"):
             tokenleap.generate(prompt, method=method, model=target, draft=draft, max_new_tokens=8, **opts)
     else:
         got = tokenleap.generate(prompt, method=method, model=target, draft=draft, max_new_tokens=8, **opts)

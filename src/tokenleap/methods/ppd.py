@@ -43,13 +43,13 @@ from typing import Iterator
 
 import torch
 
-from ..decoding.cache import StaticKVCache
 from ..decoding.context import DecodeContext
 from ..errors import TokenleapError
 from ..models.early_exit import exit_head
-from ..models.llama import LlamaRunner
+from ..models.layered import StopForward
 from ..options import Options, option
 from .ppd_latency import PPDStats, simulate_latency
+from .ppd_layers import layers_for
 
 
 @dataclass
@@ -92,21 +92,14 @@ class _Progress:
 
 @dataclass
 class _Stream:
-    """The main stream: hidden states x [1, n, D] of positions start.. after `done` layers."""
+    """The main stream: token ids [1, n] at positions start.. (done = 0), or their hidden
+    states x after `done` layers (a promoted branch row)."""
 
-    x: torch.Tensor
+    ids: torch.Tensor | None
     start: int
+    x: torch.Tensor | None = None
     done: int = 0
     hd: torch.Tensor | None = None  # layer-d state of its last position, when done > d
-
-
-class _Rows:
-    """Some batch rows of a StaticKVCache, as a cache `run_layer` can write and attend to."""
-
-    def __init__(self, cache: StaticKVCache, rows: slice) -> None:
-        self.keys = [k[rows] for k in cache.keys]
-        self.values = [v[rows] for v in cache.values]
-        self.length = 0
 
 
 @dataclass
@@ -139,13 +132,9 @@ class Pipeline:
         opts = ctx.options
         self.ctx, self.opts = ctx, opts
         self.head = exit_head(ctx.target, opts.head, opts.exit_layer)
-        self.runner: LlamaRunner = ctx.target.runner
-        self.l, self.d, self.k = self.runner.num_layers, self.head.layer, opts.candidates
+        self.layers = layers_for(ctx, opts.candidates)  # the runner's layers, committed and scratch caches
+        self.l, self.d, self.k = self.layers.num_layers, self.head.layer, opts.candidates
         self.h = self.head.cost if opts.head_cost < 0 else opts.head_cost
-        self._all = ctx.new_cache(ctx.target, batch=self.k + 1)  # row 0 committed, rows 1..k scratch
-        self.cache = _Rows(self._all, slice(0, 1))  # the committed cache
-        self._scratch = {}  # rows 1..j for j candidates
-        self._replicated = [0] * self.l  # per layer: committed positions copied into the scratch rows
         self.matches: list[bool] = []
         self.counts = dict(tokens=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
                            branch_layers_max=0)
@@ -167,17 +156,15 @@ class Pipeline:
     def _main(self, s: _Stream, progress: _Progress, branch: _Branch | None) -> int:
         """Layers done+1..l of the main stream, spawning the branch at layer d; returns the token."""
         t0 = time.perf_counter()
-        runner, x = self.runner, s.x
-        n = x.shape[1]
-        cos, sin = runner.rope(torch.arange(s.start, s.start + n))
-        mask = runner.attention_mask(s.start, n, None)
         if branch is not None and s.done >= self.d:
-            self._spawn(branch, s.hd if s.done > self.d else x[:, -1:])
-        for m in range(s.done, self.l):
-            x = runner.run_layer(m, x, self.cache, s.start, cos, sin, mask)
+            self._spawn(branch, s.hd if s.done > self.d else s.x[:, -1:])
+
+        def after(m: int, x: torch.Tensor) -> None:
             progress.advance(m + 1)
             if m + 1 == self.d and branch is not None:
                 self._spawn(branch, x[:, -1:])
+
+        x = self.layers.main(s.ids, s.x, s.start, s.done, after)
         t1 = time.perf_counter()
         token = int(self.ctx.target_runner.head(x[:, -1:])[0, -1].argmax())  # counted: a target forward
         self.times["main"] += time.perf_counter() - t0
@@ -199,29 +186,24 @@ class Pipeline:
     def _branch(self, b: _Branch, hd: torch.Tensor) -> None:
         """Exit head on hd, then candidate rows through layers 1..l-d until stopped."""
         t0 = time.perf_counter()
-        runner = self.runner
+
+        def before(m: int) -> None:
+            if b.stop.is_set():
+                raise StopForward
+            b.progress.wait(m + 1)  # main's K/V of layer m at the positions before b.pos
+
+        def after(m: int, x: torch.Tensor) -> None:
+            b.x, b.done = x, m + 1
+            if b.done == self.d:
+                b.hd = x  # for the late spawn once promoted (d < l/2)
+
         try:
             b.candidates = self.head.topk(hd, self.k).flatten().tolist()
             self.times["exit_head"] += time.perf_counter() - t0
             b.ready.set()
-            k = len(b.candidates)
-            if k not in self._scratch:
-                self._scratch[k] = _Rows(self._all, slice(1, 1 + k))
-            rows, keys, values = self._scratch[k], self._all.keys, self._all.values
-            cos, sin = runner.rope(torch.tensor([b.pos]))
-            b.x = x = runner.embed(torch.tensor(b.candidates)[:, None])  # [k, 1, D]: one row each
-            for m in range(self.l - self.d):
-                if b.stop.is_set():
-                    break
-                b.progress.wait(m + 1)
-                start = self._replicated[m]  # bring layer m of the committed prefix into the rows
-                keys[m][1:, :, start:b.pos] = keys[m][:1, :, start:b.pos]
-                values[m][1:, :, start:b.pos] = values[m][:1, :, start:b.pos]
-                self._replicated[m] = b.pos
-                x = runner.run_layer(m, x, rows, b.pos, cos, sin, None)
-                b.x, b.done = x, m + 1
-                if b.done == self.d:
-                    b.hd = x  # for the late spawn once promoted (d < l/2)
+            self.layers.branch(b.candidates, b.pos, self.l - self.d, before, after)
+        except StopForward:
+            pass
         finally:
             b.ready.set()
             with self._lock:
@@ -229,16 +211,16 @@ class Pipeline:
                 self.counts["layers_branch"] += b.done
                 self.counts["branch_layers_max"] = max(self.counts["branch_layers_max"], b.done)
 
-    def _promote(self, b: _Branch, row: int) -> _Stream:
-        """Copy the matching row's K/V at b.pos into the committed row; it is the next main stream."""
+    def _promote(self, b: _Branch, row: int) -> _Stream | None:
+        """Copy the matching row's K/V at b.pos into the committed cache; it is the next main stream."""
+        if b.done == 0:  # stopped before its first layer: the token starts afresh
+            return None
         t0 = time.perf_counter()
-        for m in range(b.done):
-            self._all.keys[m][0, :, b.pos] = self._all.keys[m][1 + row, :, b.pos]
-            self._all.values[m][0, :, b.pos] = self._all.values[m][1 + row, :, b.pos]
+        self.layers.promote(row, b.pos, b.done)
         self.counts["layers_promoted"] += b.done
         self.times["promote"] += time.perf_counter() - t0
         hd = b.hd[row:row + 1] if b.done > self.d else None
-        return _Stream(b.x[row:row + 1], b.pos, b.done, hd)
+        return _Stream(None, b.pos, b.x[row:row + 1], b.done, hd)
 
     def _release(self, b: _Branch) -> None:
         """The branch's scratch rows are free again (its job has ended)."""
@@ -250,9 +232,9 @@ class Pipeline:
 
     # -- the loop --------------------------------------------------------------------------
     def tokens(self) -> Iterator[int]:
-        ctx, runner = self.ctx, self.runner
+        ctx = self.ctx
         seq = list(ctx.prompt_ids)
-        stream = _Stream(runner.embed(torch.tensor([seq])), start=0)
+        stream = _Stream(torch.tensor([seq]), start=0)
         while ctx.room(seq) > 0:
             pos = len(seq)  # the position of the token this stream emits
             progress = _Progress(stream.done)
@@ -264,7 +246,7 @@ class Pipeline:
                 if branch is not None:
                     hd, branch.hd = branch.hd, None
                     self._branch(branch, hd)
-            self.cache.length = pos  # every position before `pos` is now verified and in the cache
+            self.layers.commit(pos)  # every position before `pos` is now verified and in the cache
             self.counts["tokens"] += 1
             stream = None
             if branch is not None:
@@ -280,7 +262,7 @@ class Pipeline:
                 self.matches.append(match)
                 self._reap(wait=match)
             if stream is None:
-                stream = _Stream(runner.embed(torch.tensor([[token]])), start=pos)
+                stream = _Stream(torch.tensor([[token]]), start=pos)
             seq.append(token)
             yield token
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import TokenleapError
+from .layered import LayerStack
 from .llama import LlamaRunner
 from .registry import BUILT_IN, artifact_dir, lookup
 
@@ -129,8 +130,10 @@ class EarlyExit:
     cost: float  # h: multiply-adds per token relative to one layer's
 
 
-def layer_size(runner: LlamaRunner) -> int:
+def layer_size(runner) -> int:
     """Multiply-adds of one transformer layer per token (its weight count): the latency unit."""
+    if not isinstance(runner, LlamaRunner):
+        return LayerStack.of(runner.hf_model).layer_size()
     layer = runner.layers[0]
     return sum(w.numel() for w in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w))
 
@@ -138,11 +141,13 @@ def layer_size(runner: LlamaRunner) -> int:
 def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExit:
     """The early-exit head `head` names, at layer `exit_layer` (0 = default) of `model`."""
     runner = model.runner
-    if not isinstance(runner, LlamaRunner):
-        raise TokenleapError("ppd needs per-layer access to the model: load it with the lean runner "
-                             "(runner='lean'; Llama-family models)")
+    if not isinstance(runner, LlamaRunner) and head not in ("auto", "shared"):
+        raise TokenleapError(f"trained early-exit heads run on the lean runner (Llama family); model type "
+                             f"{model.config.model_type!r} runs ppd with head='shared'")
     layers = runner.num_layers
-    path = artifact_for(model.base_name) if head in ("auto", "trained") else None if head == "shared" else Path(head)
+    lean = isinstance(runner, LlamaRunner)
+    path = (artifact_for(model.base_name) if head in ("auto", "trained") and lean
+            else None if head in ("shared", "auto") else Path(head))
     if head == "trained" and path is None:
         raise TokenleapError(f"no trained early-exit heads are committed for model {model.name!r}: "
                              "train them with `tokenleap train early-exit` and pass head=<path>")
@@ -158,8 +163,9 @@ def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExi
     d = exit_layer or (layers + 1) // 2
     if not 1 <= d < layers:
         raise TokenleapError(f"exit_layer must be in 1..{layers - 1} for a {layers}-layer model, got {d}")
-    return EarlyExit("shared", d, lambda h, k: runner.head(h).topk(k, dim=-1).indices,
-                    runner.head_w.numel() / layer_size(runner))
+    out = model.hf_model.get_output_embeddings()
+    head_size = runner.head_w.numel() if lean else out.in_features * out.out_features
+    return EarlyExit("shared", d, lambda h, k: runner.head(h).topk(k, dim=-1).indices, head_size / layer_size(runner))
 
 
 @torch.no_grad()

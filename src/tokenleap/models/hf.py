@@ -15,6 +15,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, ge
 
 from ..decoding.cache import kept_prefix
 from ..errors import TokenleapError
+from .layered import LayerStack
 
 # Layer types whose attention a position mask expresses: key j visible to query i when the mask
 # allows it, and for sliding layers also when pos_i - pos_j < window (transformers' convention).
@@ -109,6 +110,13 @@ class HFRunner:
         self.vocab_size = hf_model.get_output_embeddings().out_features  # a QuantLinear's too (quant=)
         self.dtype = hf_model.dtype
         self.device = hf_model.device
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + output embeddings (and final soft-capping) on hidden states [B, n, d]
+        that came out of the last layer: the model's own modules, through its decoder
+        (`layered.LayerStack`)."""
+        stack = LayerStack.of(self.hf_model)
+        return stack.logits(stack.final_norm(hidden))
 
     def new_cache(self, batch: int = 1, capacity: int = 256) -> HFCache:
         return HFCache(self.hf_model.config)

@@ -1,0 +1,169 @@
+"""Per-layer access to a transformers model through its own forward: run layers a..b, start
+from a hidden state instead of token ids, look at (or stop after) every layer. PPD needs this
+on any family, and the lean runner gives it only for the Llama family.
+
+The decoder stack is found from the model's own structure, not a table of attribute names:
+`get_decoder()` is the model's base, and its layers are the child `ModuleList` holding
+`num_hidden_layers` modules. Each layer is wrapped once in a `LayerGate`, which runs the layer,
+or passes its input through, as the calling thread's `LayerPlan` says; without a plan the gate
+is invisible (HF `generate`, the HF runner's own forward). So a partial forward is the model's
+own decoder forward (its embeddings, positions, rotary tables, masks and final norm), with the
+layers outside the plan passed over. `check_split` verifies the split against the plain
+forward once per model, and a model whose forward does not split so is refused cleanly.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import TokenleapError
+
+
+class StopForward(Exception):
+    """Raised by a plan's `before` to end a partial forward at a layer boundary."""
+
+
+@dataclass
+class LayerPlan:
+    """Run layers start..stop-1. `inject`: the hidden states entering layer `start` (None: the
+    model's own embeddings of the ids). `before(i)` runs before layer i (it may raise
+    StopForward); `after(i, h)` sees layer i's output."""
+
+    start: int
+    stop: int
+    inject: torch.Tensor | None = None
+    before: Callable[[int], None] | None = None
+    after: Callable[[int, torch.Tensor], None] | None = None
+
+
+class LayerGate(torch.nn.Module):
+    """One decoder layer, run or passed over as the calling thread's plan says (see the module
+    docstring). Attributes the model reads from its layers (e.g. `attention_type`) are the
+    wrapped layer's."""
+
+    def __init__(self, layer: torch.nn.Module, index: int, stack: "LayerStack") -> None:
+        super().__init__()
+        self.layer = layer
+        self.index = index
+        self._stack = stack
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        plan = self._stack.plan()
+        if plan is None:
+            return self.layer(hidden_states, *args, **kwargs)
+        i = self.index
+        if plan.inject is not None and i == min(plan.start, self._stack.num_layers - 1):
+            hidden_states = plan.inject
+        if plan.start <= i < plan.stop:
+            if plan.before is not None:
+                plan.before(i)
+            out = self.layer(hidden_states, *args, **kwargs)
+            hidden_states = out[0] if self._stack.returns_tuple else out
+            if plan.after is not None:
+                plan.after(i, hidden_states)
+        # Passed over or run, the decoder gets what its layers return (Falcon's: a tuple).
+        return (hidden_states,) if self._stack.returns_tuple else hidden_states
+
+
+class LayerStack:
+    """The gated decoder of one transformers model (made once per module: `of`)."""
+
+    def __init__(self, hf_model: torch.nn.Module) -> None:
+        self.hf_model = hf_model
+        self.decoder = hf_model.get_decoder()
+        self.num_layers = hf_model.config.get_text_config(decoder=True).num_hidden_layers
+        stacks = [m for m in self.decoder.children()
+                  if isinstance(m, torch.nn.ModuleList) and len(m) == self.num_layers]
+        if len(stacks) != 1:
+            raise TokenleapError(f"cannot find the decoder layers of model type {hf_model.config.model_type!r} "
+                                 "(no single list of num_hidden_layers modules in its decoder)")
+        self.layers = stacks[0]
+        self._local = threading.local()
+        # What a layer returns (a tensor, or a tuple led by it): seen once on a plain forward.
+        seen: list[bool] = []
+        hook = self.layers[0].register_forward_hook(lambda _m, _a, out: seen.append(isinstance(out, tuple)))
+        try:
+            with torch.no_grad():
+                hf_model(input_ids=torch.tensor([[1, 2]], device=hf_model.device))
+        finally:
+            hook.remove()
+        self.returns_tuple = bool(seen and seen[0])
+        for i, layer in enumerate(list(self.layers)):
+            self.layers[i] = LayerGate(layer, i, self)
+
+    @classmethod
+    def of(cls, hf_model: torch.nn.Module) -> "LayerStack":
+        """The model's stack, gating its layers the first time."""
+        first = hf_model.get_decoder()
+        for m in first.children():
+            if isinstance(m, torch.nn.ModuleList) and m and isinstance(m[0], LayerGate):
+                return m[0]._stack
+        return cls(hf_model)
+
+    def plan(self) -> LayerPlan | None:
+        return getattr(self._local, "plan", None)
+
+    def layer(self, i: int) -> torch.nn.Module:
+        return self.layers[i].layer
+
+    def run(self, plan: LayerPlan, ids: torch.Tensor, positions: torch.Tensor, cache=None,
+            attention_mask=None) -> torch.Tensor:
+        """The decoder forward under `plan` over ids [B, n] at `positions` [n]: its final-normed
+        output [B, n, D] (the ids only shape the call when the plan injects hidden states)."""
+        self._local.plan = plan
+        try:
+            out = self.decoder(input_ids=ids, position_ids=positions[None].expand(ids.shape[0], -1), cache=cache,
+                               use_cache=cache is not None, attention_mask=attention_mask)
+        finally:
+            self._local.plan = None
+        return out.last_hidden_state
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The decoder's own output transform (final norm, OPT's projection) on hidden [B, n, D]."""
+        n = hidden.shape[1]
+        dummy = torch.zeros(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        return self.run(LayerPlan(self.num_layers, self.num_layers, hidden), dummy,
+                        torch.arange(n, device=hidden.device))
+
+    def logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """Output embeddings on final-normed states, with the final soft-capping the model's
+        config asks for (Gemma 2)."""
+        logits = self.hf_model.get_output_embeddings()(normed)
+        cap = getattr(self.hf_model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def layer_size(self) -> int:
+        """Parameters of one layer: PPD's latency unit (multiply-adds per token)."""
+        return sum(p.numel() for p in self.layer(0).parameters())
+
+
+@torch.no_grad()
+def check_split(stack: LayerStack, new_cache: Callable[[], object], masks: Callable[..., object]) -> None:
+    """The split forward (layers 0..m, then m..l from the injected state, then the head) must
+    give the model's own logits: else its forward does not decompose into layers, and PPD is
+    refused for it with a clean error."""
+    model = stack.hf_model
+    ids = torch.arange(2, 6, device=model.device)[None] % model.config.get_text_config(decoder=True).vocab_size
+    positions = torch.arange(ids.shape[1], device=model.device)
+    want = model(input_ids=ids).logits.float()
+    m = max(1, stack.num_layers // 2)
+    kept: list[torch.Tensor] = []
+    cache = new_cache()
+    mask = masks(0, positions, None)
+    stack.run(LayerPlan(0, m, after=lambda i, h: kept.append(h) if i == m - 1 else None), ids, positions,
+              cache.inner, mask)
+    normed = stack.run(LayerPlan(m, stack.num_layers, kept[0]), ids, positions, cache.inner, mask)
+    got = stack.logits(normed).float()
+    if not torch.allclose(got, want, atol=1e-3 * (1 + want.abs().max().item()), rtol=1e-3):
+        raise TokenleapError(f"model type {model.config.model_type!r} does not split into layers through its "
+                             "decoder (the split forward differs from the model's own), which ppd needs")
