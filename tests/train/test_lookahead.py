@@ -13,7 +13,9 @@ from transformers import DynamicCache
 
 import tokenleap
 from tokenleap.models import lookahead as la_artifact
-from tokenleap.train.lookahead import LookaheadTrainConfig, cut_loss, lookahead_mask, pick_cuts, train_lookahead
+from tokenleap.models.hf import HFCache
+from tokenleap.train.lookahead import (LookaheadTrainConfig, cut_loss, lookahead_mask, lookahead_visible, pick_cuts,
+                                       train_lookahead)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,3 +140,56 @@ def test_cli_trains_and_exports(tiny_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tokenleap.cli", "train", "lookahead", "--model", path,
                           "--loss", "mse", "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown loss 'mse'; use one of kl, ce")
+
+
+@pytest.mark.parametrize("family,settings", [("gemma3", {}), ("gpt2", {})])
+def test_trains_exports_and_stays_exact_on_other_families(tiny_family, tmp_path, family, settings):
+    """End to end on a sliding-window soft-capped family (gemma3: windows of 8, shorter than
+    the sequences) and an absolute-position one (gpt2), both on the HF runner: data, training,
+    export; then pass loads the artifact and equals greedy decoding."""
+    target = tiny_family(family, vocab_size=64, **settings)
+    cfg = LookaheadTrainConfig(out=str(tmp_path / "run"), prompts=16, max_new_tokens=24, lookahead=2, steps=6,
+                               cuts=8, sequences=2, lr=3e-2, eval_every=3, eval_sequences=4)
+    metrics = train_lookahead(target, cfg, tmp_path / "art", command="test")
+    assert metrics["steps"] == 6 and metrics["eval"]["loss"] < metrics["untrained_eval"]["loss"]
+    path = tmp_path / "art" / "lookahead.safetensors"
+    assert load_file(str(path))["lookahead"].shape == (2, target.config.get_text_config().hidden_size)
+    greedy = tokenleap.generate([5, 6, 7, 8, 9, 10, 11, 12, 13, 14], model=target, max_new_tokens=24)
+    for scheme in ("two-call", "one-call"):
+        r = tokenleap.generate([5, 6, 7, 8, 9, 10, 11, 12, 13, 14], method="pass", model=target, max_new_tokens=24,
+                               lookahead=2, embeddings=str(path), scheme=scheme)
+        assert r.token_ids == greedy.token_ids
+
+
+def test_training_rows_equal_a_pass_drafting_call_past_a_sliding_window(tiny_family):
+    """The many-cut forward with per-layer-type masks computes, on a windowed family, what the
+    HF runner computes for [x_1..x_t, LA_1..LA_L] at decode time (cuts past the window of 8)."""
+    model = tiny_family("gemma3", vocab_size=32)
+    L, n = 3, 20
+    hidden = model.config.get_text_config().hidden_size
+    la = torch.randn(L, hidden, generator=torch.Generator().manual_seed(0)) * 0.2
+    ids = torch.randint(0, 32, (1, n), generator=torch.Generator().manual_seed(1))
+    cuts = [5, 12, 16]
+    runner = model.runner
+    with torch.no_grad():
+        cache = HFCache(model.hf_model.config)
+        model.hf_model(input_ids=ids, cache=cache.inner, use_cache=True)
+        t = torch.tensor(cuts)
+        positions = (t[:, None] - 1 + torch.arange(1, L + 1)[None]).reshape(1, -1)
+        rows = model.hf_model(inputs_embeds=la.repeat(len(cuts), 1)[None],
+                              attention_mask=runner.masks(n, positions[0], lookahead_visible(n, t, L)),
+                              position_ids=positions, cache=cache.inner, use_cache=True).logits[0]
+        for c, cut in enumerate(cuts):
+            ref = runner.forward(runner.new_cache(), embeds=torch.cat([runner.embed(ids[:, :cut]), la[None]], 1))[0, cut:]
+            assert torch.allclose(rows[c * L:(c + 1) * L], ref, atol=1e-4), cut
+
+
+@pytest.mark.parametrize("what", ["draft", "early-exit"])
+def test_the_llama_family_trainers_refuse_other_families_cleanly(tiny_family_dir, tmp_path, capsys, what):
+    from tokenleap.cli import main
+
+    path = tiny_family_dir("gpt2", vocab_size=64)
+    capsys.readouterr()  # the checkpoint writer's progress bar
+    assert main(["train", what, "--model", path, "--dtype", "fp32", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "'gpt2'" in err and err.count("\n") == 1

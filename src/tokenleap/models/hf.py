@@ -127,11 +127,12 @@ class HFRunner:
     def masks(self, start: int, positions: torch.Tensor, attn_mask: torch.Tensor | None):
         """The 4D additive mask(s) for new rows at `positions` after `start` cached ones (cached
         position j sits at j: caches are packed): `attn_mask` (default causal) among the new rows,
-        every cached row visible, and each sliding layer's window on top, by position. One tensor
+        every cached row visible (or `attn_mask` [n, start + n] over both), each sliding layer's window on top, by position. One tensor
         when every layer has the same type, else {layer type: mask} as transformers' models take it."""
         n = positions.numel()
         among = torch.ones(n, n, dtype=torch.bool).tril() if attn_mask is None else attn_mask.cpu().bool()
-        visible = torch.cat([torch.ones(n, start, dtype=torch.bool), among], dim=1)
+        # A mask [n, start + n] says which cached rows each new row sees too (the lookahead trainer's).
+        visible = among if among.shape[1] == start + n else torch.cat([torch.ones(n, start, dtype=torch.bool), among], 1)
         q_pos = positions.cpu().long()
         k_pos = torch.cat([torch.arange(start), q_pos])
         masks = {}

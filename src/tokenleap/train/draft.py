@@ -29,7 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsP
 from ..errors import TokenleapError
 from ..models.loading import Model
 from ..options import Options, option
-from .common import load_checkpoint, mixed_precision, progress, save_checkpoint, seed_everything
+from .common import require_llama_family, load_checkpoint, mixed_precision, progress, save_checkpoint, seed_everything
 from .prompts import corpus_prompts, document_prompts, training_prompts
 
 SHARD_SIZE = 96
@@ -261,6 +261,7 @@ def evaluate(draft: LlamaForCausalLM, records: list[dict], subset, remap) -> tup
 
 def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path | None = None) -> dict:
     """Run (or resume) the whole pipeline; returns the final metrics."""
+    require_llama_family(target, "draft")
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)  # with --data nothing else creates it

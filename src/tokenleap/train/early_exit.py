@@ -26,7 +26,7 @@ from ..methods.ppd_latency import simulate_latency
 from ..models.early_exit import ExitHead, exit_states, layer_size, new_heads, save_heads
 from ..models.loading import Model
 from ..options import Options, option
-from .common import load_checkpoint, progress, save_checkpoint, seed_everything
+from .common import require_llama_family, load_checkpoint, progress, save_checkpoint, seed_everything
 from .draft import DraftTrainConfig, dataset_shards, load_records, vocabulary_subset
 
 
@@ -136,6 +136,7 @@ def evaluate(heads: dict[int, ExitHead], data: dict, remap: torch.Tensor, num_la
 def train_early_exit(target: Model, cfg: EarlyExitTrainConfig, artifact_dir: str | Path | None = None,
                      command: str = "") -> dict:
     """Run (or resume) the whole pipeline; returns the final metrics."""
+    require_llama_family(target, "early-exit")
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

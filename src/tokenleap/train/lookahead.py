@@ -27,10 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from ..errors import TokenleapError
-from ..models.hf import additive_mask
+from ..models.hf import HFCache, HFRunner, additive_mask
 from ..models.loading import Model
 from ..models.lookahead import INITS, check_spec, lookahead_embeddings, save_embeddings
 from ..options import Options, option
@@ -77,31 +76,39 @@ def pick_cuts(record: dict, n: int, rng: random.Random, lookahead: int) -> list[
 
 
 # -- the loss ---------------------------------------------------------------------------------
-def lookahead_mask(n_real: int, cuts: torch.Tensor, L: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask [1, 1, C*L, n_real + C*L]: LA_i of cut t sees x_1..x_t and LA_1..LA_i of its block."""
+def lookahead_visible(n_real: int, cuts: torch.Tensor, L: int) -> torch.Tensor:
+    """Bool [C*L, n_real + C*L]: LA_i of cut t sees x_1..x_t and LA_1..LA_i of its block."""
     rows_t = cuts.repeat_interleave(L)
     group = torch.arange(len(cuts)).repeat_interleave(L)
     depth = torch.arange(L).repeat(len(cuts))
     real = torch.arange(n_real)[None, :] < rows_t[:, None]
     own = (group[:, None] == group[None, :]) & (depth[None, :] <= depth[:, None])
-    return additive_mask(torch.cat([real, own], dim=1), dtype)
+    return torch.cat([real, own], dim=1)
+
+
+def lookahead_mask(n_real: int, cuts: torch.Tensor, L: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive [1, 1, C*L, n_real + C*L] form of `lookahead_visible`."""
+    return additive_mask(lookahead_visible(n_real, cuts, L), dtype)
 
 
 def cut_loss(model: Model, la: torch.Tensor, record: dict, cuts: list[int], loss_kind: str
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss over the (cut, depth) pairs, greedy agreement [C, L] with the model's argmax)."""
     hf = model.hf_model
+    # The HF runner's cache and masks, for any family: every layer keeps every position (a
+    # sliding one too) and each layer type gets its own mask, windows applied by position.
+    runner = model.runner if isinstance(model.runner, HFRunner) else HFRunner(hf)
     ids = record["ids"].long()[None]
     n_real, L = ids.shape[1], la.shape[0]
     with torch.no_grad():
-        cache = DynamicCache(config=hf.config)
-        ref = hf(input_ids=ids, cache=cache, use_cache=True).logits[0].float()
+        cache = HFCache(hf.config)
+        ref = hf(input_ids=ids, cache=cache.inner, use_cache=True).logits[0].float()
     t = torch.tensor(cuts)
     depth = torch.arange(1, L + 1)
     positions = (t[:, None] - 1 + depth[None, :]).reshape(1, -1)  # LA_i takes x_(t+i)'s position
     embeds = la.to(hf.dtype).repeat(len(cuts), 1)[None]
-    out = hf(inputs_embeds=embeds, attention_mask=lookahead_mask(n_real, t, L, hf.dtype),
-             position_ids=positions, cache=cache, use_cache=True)
+    masks = runner.masks(n_real, positions[0], lookahead_visible(n_real, t, L))
+    out = hf(inputs_embeds=embeds, attention_mask=masks, position_ids=positions, cache=cache.inner, use_cache=True)
     logq = out.logits[0].float().log_softmax(-1)  # [C*L, V]
     # LA_i of cut t guesses x_(t+1+i) = ids[t+i]; the model's own law for it is row t+i-1.
     target_rows = (t[:, None] + depth[None, :] - 1).reshape(-1)
