@@ -204,3 +204,17 @@ def test_alibi_falcon_runs_chains_and_refuses_trees(tiny_family, method_id):
     else:
         got = tokenleap.generate(prompt, method=method, model=target, draft=draft, max_new_tokens=8, **opts)
         assert got.token_ids == hf_greedy(target, prompt, 8)
+
+
+def test_untrained_pass_and_ppd_run_with_a_one_line_notice(tiny_family_dir, caplog):
+    """A model with no trained artifacts: pass and ppd run untrained and say so once per model,
+    naming the command that trains what is missing."""
+    path = tiny_family_dir("gpt2")
+    target = tokenleap.load_model(path, dtype="fp32")
+    with caplog.at_level("WARNING", logger="tokenleap"):
+        for _ in range(2):
+            for method in ("pass", "ppd"):
+                tokenleap.generate(PROMPTS[1], method=method, model=target, max_new_tokens=4)
+    notes = [r.getMessage() for r in caplog.records if r.name == "tokenleap"]
+    assert len(notes) == 2 and all("\n" not in n for n in notes)
+    assert "tokenleap train lookahead --model" in notes[0] and "shared head" in notes[1]

@@ -18,6 +18,7 @@ vocab_subset.json, config.json (dimensions, layers, the layer to use by default)
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -30,6 +31,8 @@ from ..errors import TokenleapError
 from .layered import LayerStack
 from .llama import LlamaRunner
 from .registry import BUILT_IN, artifact_dir, lookup
+
+log = logging.getLogger("tokenleap")
 
 if TYPE_CHECKING:
     from .loading import Model
@@ -160,6 +163,12 @@ def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExi
             return EarlyExit("trained", d, trained.topk, trained.cost_params() / layer_size(runner))
         if head != "auto":
             raise TokenleapError(f"the trained heads in {path} cover exit layers {sorted(heads)}, not {d}")
+    if head == "auto":
+        model.memo(("exit-heads-notice",), lambda: log.warning(
+            "note: no trained early-exit heads for %s: ppd proposes with the shared head (the model's own norm "
+            "and LM head)%s", model.base_name,
+            f"; train them with `tokenleap train early-exit --model {model.base_name} --export DIR --register NAME`"
+            if lean else ""))
     d = exit_layer or (layers + 1) // 2
     if not 1 <= d < layers:
         raise TokenleapError(f"exit_layer must be in 1..{layers - 1} for a {layers}-layer model, got {d}")

@@ -8,6 +8,7 @@ one [L, d] float32 tensor under TENSOR_KEY, and training.json with how it was ma
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from .registry import ARTIFACT_FILES, lookup
 
 INITS = ("mean", "zero", "random")  # untrained embeddings; "mean" is the paper's starting point
 TENSOR_KEY = "lookahead"
+log = logging.getLogger("tokenleap")
 FILE = ARTIFACT_FILES["lookahead"]  # lookahead.safetensors
 
 
@@ -92,6 +94,10 @@ def lookahead_embeddings(model, spec: str, n: int) -> torch.Tensor:
 
 def _make(model, spec: str, n: int, path: Path | None) -> torch.Tensor:
     if path is None:
+        if spec == "auto":  # once per model and length (memoized by the caller)
+            log.warning("note: no trained lookahead embeddings for %s: pass drafts with untrained (mean) ones; "
+                        "train them with `tokenleap train lookahead --model %s --export DIR --register NAME`",
+                        model.base_name, model.base_name)
         return initial_embeddings(model, "mean" if spec == "auto" else spec, n)
     table = load_embeddings(path, model.hf_model.get_input_embeddings().weight.shape[1])
     if len(table) < n:
