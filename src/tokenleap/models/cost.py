@@ -9,8 +9,11 @@ machine, model, dtype/quantization, device and thread count, and cached in costs
 from __future__ import annotations
 
 import bisect
+import functools
+import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -60,11 +63,22 @@ def costs_file():
     return cache_home() / "costs.json"
 
 
+@functools.lru_cache(maxsize=1)
+def forward_code() -> str:
+    """A digest of the code a forward runs (the runners and kernels): a cost measured with other
+    code is stale (fp32 attention alone changed a bf16 step by 5-8%)."""
+    from . import hf, kernels, layered, llama
+
+    text = "".join(Path(m.__file__).read_text() for m in (hf, kernels, layered, llama))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def cost_key(model: Model) -> str:
     """What a model's forward cost depends on: what the kernel choice depends on (machine,
-    software, threads, dtype, device, its weights' shapes), plus quantization and layout."""
+    software, threads, dtype, device, its weights' shapes), plus quantization, layout and the
+    forward's own code."""
     key = choice_key(list(model.hf_model.parameters()), model.dtype, model.device)
-    return f"{key}|quant={model.quant}|{model.runtime()['kernels']}"
+    return f"{key}|quant={model.quant}|{model.runtime()['kernels']}|code={forward_code()}"
 
 
 def _pick_per_row(logits: torch.Tensor) -> None:
