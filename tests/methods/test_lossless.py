@@ -27,7 +27,8 @@ OPTION_SETS = {
              {"lookahead": 6, "embeddings": "zero", "scheme": "merged"},
              {"lookahead": 1, "embeddings": "zero", "candidates": 1},
              {"lookahead": 3, "embeddings": "random", "candidates": 3},
-             {"lookahead": 2, "candidates": 4}],
+             {"lookahead": 2, "candidates": 4},
+             {"lookahead": 1, "lookup": 4}, {"lookahead": 2, "candidates": 2, "lookup": 8}],
     # PPD on these 2-layer models: d = 1 = l/2; d < l/2 and deeper models are in test_ppd.py.
     "ppd": [{}, {"candidates": 1, "workers": 1}, {"exit_layer": 1, "candidates": 3, "workers": 2},
             {"candidates": 5, "workers": 1, "head": "shared"}, {"candidates": 2, "simulate": True}],

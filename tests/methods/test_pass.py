@@ -172,6 +172,31 @@ def test_one_call_candidates_verify_every_guess(tiny):
     assert "none" not in ranks and sum(ranks.values()) == ctx.stats.iterations
 
 
+def test_prompt_lookup_drafts_join_the_one_call_tree(tiny, monkeypatch):
+    """Greedy one-call with `lookup`: text copied from earlier in the sequence is one more branch
+    of the tree (shared where it repeats a guess), verified in the same forward; the output is
+    still greedy decoding, and on text that repeats the copied drafts are accepted."""
+    model = dataclasses.replace(tiny(vocab_size=32, seed=0), eos_token_ids=frozenset({32}))  # no EOS: 48 tokens
+    prompt = "w2 w3 w4 w5 w6 w2 w3 w4 w5 w6 w2 w3 w4"
+    want = hf_greedy(model, model.encode(prompt), 48)
+    trees = []
+    real = pass_.drafts.add_path
+    monkeypatch.setattr(pass_.drafts, "add_path", lambda tree, tokens: trees.append((tree, list(tokens)))
+                        or real(tree, tokens))
+    trace, _, ctx = run_traced(model, prompt, 48, Sampling(), lookahead=1, embeddings="random", lookup=6)
+    assert [t for b, _, _ in trace for t in b] == want
+    stats = ctx.stats.method_stats
+    assert stats.lookup_proposed > 0 and 0 < stats.lookup_accepted <= sum(len(b) - 1 for b, _, _ in trace)
+    for tree, copied in trees:  # every copied chain is a root-to-node path of its tree
+        parent = -1
+        for token in copied:
+            parent = next(k for k, (t, par) in enumerate(zip(tree.tokens, tree.parents)) if t == token and par == parent)
+        siblings = [(par, t) for t, par in zip(tree.tokens, tree.parents)]
+        assert len(siblings) == len(set(siblings))  # no two children of a node carry the same token
+    plain = tokenleap.generate(prompt, method="pass", model=model, max_new_tokens=48, lookahead=1, embeddings="random")
+    assert plain.token_ids == want and ctx.stats.iterations < plain.stats.iterations
+
+
 def test_candidate_ranks_count_which_guess_was_taken(tiny, monkeypatch):
     """The per-rank counters agree with the trees: rank j is the j-th best first guess of the
     lookahead block, taken when the block that round returned starts with it."""
@@ -201,6 +226,7 @@ def test_candidate_ranks_count_which_guess_was_taken(tiny, monkeypatch):
     ({"lookahead": 1, "candidates": 32, "embeddings": "random"}, Sampling()),
     ({"lookahead": 5, "scheme": "merged", "embeddings": "random"}, Sampling(1.0)),
     ({"lookahead": 2, "scheme": "merged"}, Sampling(0.7, top_p=0.9)),
+    ({"lookahead": 1, "candidates": 2, "lookup": 6}, Sampling()),
 ])
 def test_kv_cache_after_generation_equals_a_plain_forward(tiny, opts, sampling):
     model = tiny(vocab_size=32, seed=1)
@@ -273,6 +299,8 @@ def test_embedding_specs(tiny, tmp_path):
     ({"candidates": -1}, r"candidates must be an integer >= 0"),
     ({"candidates": 3, "scheme": "two-call"}, "candidates > 1 needs scheme one-call"),
     ({"candidates": 2, "scheme": "merged"}, "candidates > 1 needs scheme one-call"),
+    ({"lookup": 4, "scheme": "two-call"}, "lookup > 0 needs scheme one-call"),
+    ({"lookup": 33}, "lookup must be"),
 ])
 def test_bad_options_are_clear_errors(tiny, opts, message):
     with pytest.raises(TokenleapError, match=message):

@@ -85,12 +85,24 @@ def exact_match(records: list[dict[str, Any]], baseline: list[dict[str, Any]]) -
 
 
 def _method_metrics(records: list[dict[str, Any]], baseline: list[dict[str, Any]] | None,
-                    greedy: bool) -> dict[str, Any]:
+                    greedy: bool, same_weights: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Metrics of one method; speedup against `baseline` (`ar`), exact match against greedy
+    decoding of the same weights (`same_weights`: `ar`, or `ar@quant=int8` for a column on int8
+    weights; None when the run has no such column)."""
     metrics = aggregate(records)
     base_tps = aggregate(baseline)["tokens_per_s"] if baseline else 0.0
     metrics["speedup"] = _ratio(metrics["tokens_per_s"], base_tps) if baseline else None
-    metrics["exact_match"] = exact_match(records, baseline) if greedy and baseline else None
+    metrics["exact_match"] = exact_match(records, same_weights) if greedy and same_weights else None
     return metrics
+
+
+def _same_weights(methods: list[dict[str, Any]], name: str) -> str | None:
+    """The `ar` column that decodes greedily with the weights `name` runs on (None: none in the run)."""
+    quant = {m["name"]: m.get("quant") for m in methods}
+    if not quant.get(name):
+        return BASELINE
+    return next((m["name"] for m in methods if m["base"] == BASELINE and m.get("quant") == quant[name]
+                 and m["name"] != name), None)
 
 
 def paired_ratios(records: list[dict[str, Any]], method: str, reference: str, draws: int = 2000,
@@ -146,12 +158,15 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     summary = {}
     for name in names:
         mine = by_method[name]
-        entry = _method_metrics(mine, baseline, greedy)
+        same = by_method.get(_same_weights(results["methods"], name) or "")
+
+        def in_category(rs: list[dict[str, Any]] | None, c: str) -> list[dict[str, Any]] | None:
+            return None if rs is None else [r for r in rs if r["category"] == c]
+
+        entry = _method_metrics(mine, baseline, greedy, same)
         entry["energy_source"] = results["config"].get("energy_source")
-        entry["per_category"] = {
-            c: _method_metrics([r for r in mine if r["category"] == c],
-                               [r for r in baseline if r["category"] == c] if baseline else None, greedy)
-            for c in categories}
+        entry["per_category"] = {c: _method_metrics(in_category(mine, c), in_category(baseline, c), greedy,
+                                                    in_category(same, c)) for c in categories}
         entry["versus"] = [v for ref in _references(names, name)
                            if (v := paired_ratios(records, name, ref)) is not None]
         summary[name] = entry
@@ -290,7 +305,8 @@ def _notes(results: dict[str, Any]) -> list[str]:
              "derived as tokens - target forwards (HF does not report proposals, so no acceptance rate).",
              f"- {PPL_NOTE}",
              f"- {LAW_NOTE}",
-             "- exact match (greedy runs): fraction of prompts whose token ids equal `ar`'s."]
+             "- exact match (greedy runs): fraction of prompts whose token ids equal those of `ar` on the same "
+             "weights (`ar@quant=int8` for a column on int8 weights; none when the run has no such column)."]
     if cfg.get("greedy") and BASELINE in results["summary"]:
         lossless = {m["name"] for m in results["methods"] if m["lossless"]}
         off = [n for n, m in results["summary"].items()

@@ -60,3 +60,19 @@ def tree(block_logits: torch.Tensor, ctx: DecodeContext, max_depth: int, guesses
     # The chain hangs under the best first guess (node 0), each node under the one before.
     rest_parents = [0] + list(range(len(first), len(first) + len(rest) - 1)) if rest else []
     return DraftTree(first + rest, [-1] * len(first) + rest_parents)
+
+
+def add_path(tree: DraftTree, tokens: list[int]) -> int:
+    """Add a chain of drafts after the pending token to a greedy tree, sharing the nodes it
+    repeats (a trie insert: siblings stay distinct, so a greedy walk stays unambiguous);
+    returns how many nodes were added."""
+    parent, added = -1, 0
+    for token in tokens:
+        node = next((k for k, (t, par) in enumerate(zip(tree.tokens, tree.parents)) if t == token and par == parent),
+                    None)
+        if node is None:
+            tree.tokens.append(token)
+            tree.parents.append(parent)
+            node, added = len(tree.tokens) - 1, added + 1
+        parent = node
+    return added

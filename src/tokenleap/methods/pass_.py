@@ -36,6 +36,7 @@ from ..decoding.verify import tree_layout, verify_chain, verify_tree
 from ..decoding.warping import next_token, sample, warp
 from ..drafters import lookahead as drafts
 from ..drafters.lookahead import DraftTree
+from ..drafters.prompt_lookup import PromptLookupDrafter
 from ..errors import TokenleapError
 from ..markdown import table
 from ..models.lookahead import INITS, check_spec, lookahead_embeddings
@@ -54,10 +55,14 @@ class PaSSOptions(Options):
     candidates: int = option(0, "one-call: guesses verified for the next position; 0 = auto", minimum=0)
     embeddings: str = option("auto", "lookahead embeddings: auto, mean, zero, random or a path to a "
                                      "lookahead .safetensors file")
+    lookup: int = option(0, "greedy one-call: also verify up to this many prompt-lookup drafts (a branch of "
+                            "the tree, copied from earlier text as pld does); 0 = off", minimum=0, maximum=32)
 
     def check(self) -> None:
         if self.candidates > 1 and self.scheme != "one-call":
             raise TokenleapError("candidates > 1 needs scheme one-call (a tree of drafts is verified in one call)")
+        if self.lookup and self.scheme != "one-call":
+            raise TokenleapError("lookup > 0 needs scheme one-call (its drafts are a branch of the one-call tree)")
         check_spec(self.embeddings, ("auto",) + INITS)
 
     @property
@@ -74,6 +79,10 @@ class PaSSStats(MethodStats):
     # Greedy one-call with several guesses: rounds in which the target took the j-th best guess
     # (key "j", best first) or none of them ("none"); says what one more candidate pays.
     guess_taken: dict[str, int] = field(default_factory=dict)
+    # Greedy one-call with `lookup`: prompt-lookup drafts added to the tree (beyond the lookahead
+    # guesses they coincided with), and tokens accepted along them.
+    lookup_proposed: int = 0
+    lookup_accepted: int = 0
 
     @classmethod
     def report(cls, runs: dict[str, list[dict[str, Any]]], results: dict[str, Any]) -> list[str]:
@@ -181,15 +190,29 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
 
 def decode_one_call(ctx: DecodeContext, la: torch.Tensor) -> Iterator[list[int]]:
     seq = list(ctx.prompt_ids)
-    k = ctx.options.guesses
-    cache = ctx.new_cache(ctx.target, slack=64 + (la.shape[1] + 1) * (la.shape[1] + k + 1))
+    k, n_lookup = ctx.options.guesses, ctx.options.lookup if ctx.sampling.greedy else 0
+    lookup = PromptLookupDrafter(ctx, num_draft=n_lookup) if n_lookup else None
+    cache = ctx.new_cache(ctx.target, slack=64 + (la.shape[1] + 1) * (la.shape[1] + k + n_lookup + 1))
     block_logits = None  # the first call has no drafts: it is a drafting call
+    stats: PaSSStats = ctx.stats.method_stats
     while (room := ctx.room(seq)) > 0:
         # Never draft past max_new_tokens or the context: accepted drafts + z <= room.
         tree = DraftTree([], []) if block_logits is None else drafts.tree(block_logits, ctx, room - 1, k)
+        copied: list[int] = []
+        if lookup is not None and block_logits is not None:
+            # Greedy only: any tree keeps greedy_walk exact, so text copied from earlier in the
+            # sequence joins the tree as one more branch (merged where it repeats a guess).
+            copied = lookup.propose(seq, lookup.max_drafts(room)).tokens
+            added = drafts.add_path(tree, copied)
+            stats.lookup_proposed += added
         if not tree.tokens:  # the first call, and the last when one token is left
-            ctx.stats.method_stats.drafting_calls += 1
+            stats.drafting_calls += 1
         block, block_logits = one_call(ctx, seq, cache, tree, la)
+        if copied:
+            kept = next((i for i, (a, b) in enumerate(zip(block, copied)) if a != b), min(len(block), len(copied)))
+            kept = min(kept, len(block) - 1)  # z, the last token, is the target's own, not a draft
+            stats.lookup_accepted += kept
+            lookup.commit(seq, len(seq) + kept)
         seq.extend(block)
         yield block
 
