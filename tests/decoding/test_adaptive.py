@@ -59,3 +59,26 @@ def test_auto_gamma_is_greedy_exact_and_records_its_choices(tiny):
     assert figures.predicted_ms > 0 and figures.target_ms == measured_curve(target)[1]
     # The curve is measured once per model and kept.
     assert measured_curve(target) is measured_curve(target)
+
+
+def test_no_exploration_when_drafting_cannot_pay_even_if_every_draft_is_accepted():
+    """A draft step costing 0.9 of a target step on a curve where rows are not free: no length
+    beats a plain step even at alpha = 1, so no round is ever tried."""
+    steep = {1: 10.0, 2: 19.0, 4: 37.0, 8: 73.0}
+    length = DraftLength(CostModel(steep, draft_ms=9.0), most=8)
+    assert [length.choose(room=100) for _ in range(40)] == [0] * 40
+
+
+def test_a_round_after_plain_steps_pays_the_drafts_catch_up():
+    draft_curve = {1: 1.0, 2: 1.5, 4: 2.5, 8: 4.5, 16: 8.5}
+    cost = CostModel(FLAT, draft_ms=1.0, draft_curve=draft_curve)
+    assert cost.round_ms(3, catch_up=0) == pytest.approx(3 * 1.0 + 10.5)
+    assert cost.round_ms(3, catch_up=7) == pytest.approx(3 * 1.0 + 10.5 + (4.5 - 1.0))  # 8 rows first
+    assert cost.round_ms(0, catch_up=7) == cost.target_ms(1)  # a plain step feeds no draft
+    length = DraftLength(cost, most=8)
+    for _ in range(EXPLORE_EVERY - 1):  # plain steps forced by a hopeless alpha
+        length.accepted, length.rejected = 0.0, 100.0
+        assert length.choose(room=100) == 0
+    assert length.choose(room=100) > 0 and length.catch_up == EXPLORE_EVERY - 1
+    length.update(1, 0)
+    assert length.predicted_ms == pytest.approx(7 * 10.0 + cost.round_ms(1, EXPLORE_EVERY - 1))

@@ -103,25 +103,41 @@ def measured_curve(model: Model) -> dict[int, float]:
     return model.memo(("cost-curve",), measure)
 
 
+def interpolate(curve: dict[int, float], rows: int) -> float:
+    """A cost curve's milliseconds at `rows`: linear between its points and beyond the last two."""
+    xs = sorted(curve)
+    if len(xs) == 1:
+        return curve[xs[0]]
+    i = min(max(bisect.bisect_left(xs, rows), 1), len(xs) - 1)
+    x0, x1 = xs[i - 1], xs[i]
+    y0, y1 = curve[x0], curve[x1]
+    return max(y0 + (y1 - y0) * (rows - x0) / (x1 - x0), 1e-6)
+
+
 @dataclass(frozen=True)
 class CostModel:
-    """Milliseconds of a target forward over r rows (the measured curve, linear between its
-    points and beyond the last two) and of one draft step."""
+    """Milliseconds of a target forward over r rows (the measured curve) and of one draft step,
+    and, with the draft's own curve, of a draft forward over r rows (its catch-up after plain
+    steps: a draft that sat out k target steps feeds k + 1 tokens before it drafts again)."""
 
     curve: dict[int, float]
     draft_ms: float = 0.0
+    draft_curve: dict[int, float] | None = None
 
     @classmethod
     def of(cls, target: Model, draft: Model | None = None) -> "CostModel":
-        return cls(measured_curve(target), measured_curve(draft)[1] if draft is not None else 0.0)
+        if draft is None:
+            return cls(measured_curve(target))
+        drafts = measured_curve(draft)
+        return cls(measured_curve(target), drafts[1], drafts)
 
     def target_ms(self, rows: int) -> float:
-        xs = sorted(self.curve)
-        i = min(max(bisect.bisect_left(xs, rows), 1), len(xs) - 1)
-        x0, x1 = xs[i - 1], xs[i]
-        y0, y1 = self.curve[x0], self.curve[x1]
-        return max(y0 + (y1 - y0) * (rows - x0) / (x1 - x0), 1e-6)
+        return interpolate(self.curve, rows)
 
-    def round_ms(self, drafts: int) -> float:
-        """A speculative round: `drafts` draft steps, then one target forward over drafts + 1 rows."""
-        return drafts * self.draft_ms + self.target_ms(drafts + 1)
+    def round_ms(self, drafts: int, catch_up: int = 0) -> float:
+        """A speculative round: `drafts` draft steps (the first one over catch_up + 1 rows), then
+        one target forward over drafts + 1 rows."""
+        ms = drafts * self.draft_ms + self.target_ms(drafts + 1)
+        if drafts and catch_up and self.draft_curve:
+            ms += interpolate(self.draft_curve, catch_up + 1) - self.draft_ms
+        return ms
