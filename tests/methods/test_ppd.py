@@ -111,8 +111,9 @@ def test_full_depth_no_scratch_leak_and_committed_kv_equals_plain_decoding(tiny,
         model.runner.forward(plain, torch.tensor([[t]]))
     n = pipe.layers.committed.length
     for m in range(LAYERS):
-        torch.testing.assert_close(pipe.layers.committed.keys[m][:, :, :n], plain.keys[m][:, :, :n], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(pipe.layers.committed.values[m][:, :, :n], plain.values[m][:, :, :n], atol=1e-5, rtol=1e-5)
+        committed = pipe.layers.committed
+        torch.testing.assert_close(committed.keys[m][:, :, :n], plain.keys[m][:, :, :n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(committed.values[m][:, :, :n], plain.values[m][:, :, :n], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("d,workers", [(2, 2), (4, 1)])
@@ -237,4 +238,5 @@ def test_bit_exact_with_ar_in_bf16_on_default_model():
         for t in tokens[:-1]:
             model.runner.forward(plain, torch.tensor([[t]]))
         n = pipe.layers.committed.length
-        assert all(torch.equal(pipe.layers.committed.keys[m][:, :, :n], plain.keys[m][:, :, :n]) for m in range(30))
+        committed = pipe.layers.committed
+        assert all(torch.equal(committed.keys[m][:, :, :n], plain.keys[m][:, :, :n]) for m in range(30))

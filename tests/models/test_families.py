@@ -218,3 +218,15 @@ def test_untrained_pass_and_ppd_run_with_a_one_line_notice(tiny_family_dir, capl
     notes = [r.getMessage() for r in caplog.records if r.name == "tokenleap"]
     assert len(notes) == 2 and all("\n" not in n for n in notes)
     assert "tokenleap train lookahead --model" in notes[0] and "shared head" in notes[1]
+
+
+def test_per_layer_access_leaves_the_model_as_it_was(tiny_family):
+    """ppd on the HF runner gates a copy of the decoder, not the model: its state dict and HF
+    `generate` are unchanged, and a self-draft (a deep copy of the module) can be made after it."""
+    target = model(tiny_family, "gpt2")
+    keys = list(target.hf_model.state_dict())
+    want = expected(target, "gpt2", PROMPTS[0])
+    assert tokenleap.generate(PROMPTS[0], method="ppd", model=target, max_new_tokens=N_NEW).token_ids == want
+    assert list(target.hf_model.state_dict()) == keys and hf_greedy(target, PROMPTS[0], N_NEW) == want
+    got = tokenleap.generate(PROMPTS[0], method="sps", model=target, draft="self:int4", max_new_tokens=N_NEW, gamma=3)
+    assert got.token_ids == want

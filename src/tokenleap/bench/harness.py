@@ -185,7 +185,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             raise TokenleapError(f"--threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
     target, drafts = load_models(config, methods)
-    draft = drafts.get(None) or next(iter(drafts.values()), None)  # the run's draft, as results.json names it
+    draft = drafts.get(None)  # the run's draft (--draft or the registry's), as results.json names it
     targets = quantized_targets(config, methods, target)
     methods, not_measured = measurable(methods, target)
     meter = EnergyMeter()

@@ -99,6 +99,8 @@ def _method_metrics(records: list[dict[str, Any]], baseline: list[dict[str, Any]
 def _same_weights(methods: list[dict[str, Any]], name: str) -> str | None:
     """The `ar` column that decodes greedily with the weights `name` runs on (None: none in the run)."""
     quant = {m["name"]: m.get("quant") for m in methods}
+    if any(m["name"] == name and m["base"] == "llamacpp" for m in methods):
+        return None  # the GGUF's own weights
     if not quant.get(name):
         return BASELINE
     return next((m["name"] for m in methods if m["base"] == BASELINE and m.get("quant") == quant[name]
@@ -263,9 +265,6 @@ def _method_sections(results: dict[str, Any]) -> list[str]:
 
 def _categories(summary: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(c for m in summary.values() for c in m["per_category"]))
-
-
-# The figure ../shared/specs/benchmark.md records for llama.cpp on this kind of machine.
 
 
 def _forward_cost_line(cfg: dict[str, Any]) -> list[str]:

@@ -47,11 +47,12 @@ class DraftLength:
     def alpha(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
 
-    def tokens_per_ms(self, drafts: int, alpha: float | None = None) -> float:
+    def tokens_per_ms(self, drafts: int, alpha: float | None = None, catch_up: int | None = None) -> float:
         if not drafts:
             return 1.0 / self.cost.target_ms(1)
         alpha = self.alpha if alpha is None else alpha
-        return expected_tokens(alpha, drafts) / self.cost.round_ms(drafts, self.plain_run)
+        catch_up = self.plain_run if catch_up is None else catch_up
+        return expected_tokens(alpha, drafts) / self.cost.round_ms(drafts, catch_up)
 
     def choose(self, room: int) -> int:
         """Drafts for the next round (0: a plain step), at most room - 1."""
@@ -59,7 +60,9 @@ class DraftLength:
         best = max(range(limit + 1), key=self.tokens_per_ms)
         plain = self.tokens_per_ms(0)
         if (best == 0 and limit > 0 and self.plain_run + 1 >= EXPLORE_EVERY
-                and any(self.tokens_per_ms(g, alpha=1.0) > plain for g in range(1, limit + 1))):
+                # With the catch-up of an exploration on schedule: were it too dear then, it
+                # always would be (a longer plain run only lengthens it).
+                and any(self.tokens_per_ms(g, 1.0, EXPLORE_EVERY - 1) > plain for g in range(1, limit + 1))):
             best = max(range(1, limit + 1), key=self.tokens_per_ms)
         self.catch_up = self.plain_run  # what this round's first draft step feeds first
         self.plain_run = self.plain_run + 1 if best == 0 else 0

@@ -180,7 +180,8 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
     if m:
         ctx.stats.record_round(max(tree.depths()), len(path), nodes=m)
         if ctx.sampling.greedy and ctx.options.guesses > 1:
-            rank = str(path[0] + 1) if path else "none"
+            # Nodes past the guesses and their chain are prompt-lookup drafts (`lookup`).
+            rank = "none" if not path else str(path[0] + 1) if path[0] < ctx.options.guesses else "lookup"
             stats.guess_taken[rank] = stats.guess_taken.get(rank, 0) + 1
     # Keep the accepted path's K/V after the tail; z is pending; other nodes and every LA row go.
     cache.keep_positions(start + n_tail, torch.tensor(path, dtype=torch.long))

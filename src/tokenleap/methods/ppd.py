@@ -7,11 +7,13 @@ a *branch* starts running them (k rows of one computation, at position n+1) thro
 exactly greedy. If x_(n+1) is a candidate, its branch row is promoted: its K/V is copied into
 the committed cache and the stream for x_(n+1) starts l-d layers deep; else it starts at layer 1.
 
-Memory. The cache has k+1 batch rows. Row 0 is the committed cache: verified tokens only, so
-nothing is ever rolled back. Rows 1..k are the branch's scratch rows: per layer, a replica of the
-committed prefix (copied from row 0 lazily, by the branch worker, just before it needs that
-layer) and at position n+1 each candidate's own K/V. A branch step is then an ordinary batched
-decode step, the very kernels plain decoding runs, so a promoted row is bit-identical to what
+Memory (the lean runner; the HF runner's layout, in `ppd_layers.HFLayers`, is the same idea
+with two caches and is checked exact in fp32). The cache has k+1 batch rows. Row 0 is the
+committed cache: verified tokens only, so nothing is ever rolled back. Rows 1..k are the
+branch's scratch rows: per layer, a replica of the committed prefix (copied from row 0
+lazily, by the branch worker, just before it needs that layer) and at position n+1 each
+candidate's own K/V. A branch step is then an ordinary batched decode step, the very kernels
+plain decoding runs, so a promoted row is bit-identical to what
 `ar` computes, in bf16 too (a masked tree attention over shared slots rounds differently, and
 bf16 greedy would drift after near-ties). Promotion copies the row's K/V at n+1 into row 0. The
 next main stream writes row 0 only, so nobody waits for a dropped branch to finish its layer.

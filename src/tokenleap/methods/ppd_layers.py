@@ -63,7 +63,9 @@ class LeanLayers:
     def branch(self, candidates: list[int], pos: int, layers: int, before: Before, after: After) -> None:
         """Layers 0..layers-1 over the candidates, one scratch row each, at position pos."""
         runner, k = self.runner, len(candidates)
-        rows = self._scratch.setdefault(k, _Rows(self._all, slice(1, 1 + k)))
+        if k not in self._scratch:
+            self._scratch[k] = _Rows(self._all, slice(1, 1 + k))
+        rows = self._scratch[k]
         keys, values = self._all.keys, self._all.values
         cos, sin = runner.rope(torch.tensor([pos]))
         x = runner.embed(torch.tensor(candidates)[:, None])  # [k, 1, D]
@@ -96,9 +98,11 @@ class HFLayers:
 
     @staticmethod
     def _checked_stack(runner: HFRunner) -> LayerStack:
-        stack = LayerStack.of(runner.hf_model)
+        stack = runner.layer_stack()
         try:
             check_split(stack, runner.new_cache, runner.masks)
+        except TokenleapError:
+            raise
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             # E.g. ALiBi Falcon derives its position biases from a 2D padding mask: it cannot
             # take the explicit masks and positions a partial forward needs.
@@ -142,7 +146,8 @@ class HFLayers:
     def promote(self, row: int, pos: int, layers: int) -> None:
         committed, scratch = self.committed.inner.layers, self._scratch.inner.layers
         for m in range(layers):
-            committed[m].keys = torch.cat([committed[m].keys[:, :, :pos], scratch[m].keys[row:row + 1, :, pos:pos + 1]], 2)
+            committed[m].keys = torch.cat([committed[m].keys[:, :, :pos],
+                                           scratch[m].keys[row:row + 1, :, pos:pos + 1]], 2)
             committed[m].values = torch.cat([committed[m].values[:, :, :pos],
                                              scratch[m].values[row:row + 1, :, pos:pos + 1]], 2)
 

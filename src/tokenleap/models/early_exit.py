@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import TokenleapError
-from .layered import LayerStack
 from .llama import LlamaRunner
 from .registry import BUILT_IN, artifact_dir, lookup
 
@@ -136,7 +135,7 @@ class EarlyExit:
 def layer_size(runner) -> int:
     """Multiply-adds of one transformer layer per token (its weight count): the latency unit."""
     if not isinstance(runner, LlamaRunner):
-        return LayerStack.of(runner.hf_model).layer_size()
+        return runner.layer_stack().layer_size()
     layer = runner.layers[0]
     return sum(w.numel() for w in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w))
 

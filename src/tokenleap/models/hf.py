@@ -110,13 +110,28 @@ class HFRunner:
         self.vocab_size = hf_model.get_output_embeddings().out_features  # a QuantLinear's too (quant=)
         self.dtype = hf_model.dtype
         self.device = hf_model.device
+        self._stack: LayerStack | None = None  # per-layer access, made on first use (ppd)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + output embeddings (and final soft-capping) on hidden states [B, n, d]
         that came out of the last layer: the model's own modules, through its decoder
         (`layered.LayerStack`)."""
-        stack = LayerStack.of(self.hf_model)
+        stack = self.layer_stack()
         return stack.logits(stack.final_norm(hidden))
+
+    def layer_stack(self) -> LayerStack:
+        """Per-layer access through the model's own decoder (`models.layered`), made once; a
+        model it cannot be made for is a TokenleapError naming its type."""
+        if self._stack is None:
+            try:
+                self._stack = LayerStack(self.hf_model)
+            except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+                if isinstance(exc, TokenleapError):
+                    raise
+                why = (str(exc).strip().splitlines() or [""])[0]
+                raise TokenleapError(f"cannot run model type {self.hf_model.config.model_type!r} layer by layer "
+                                     f"({type(exc).__name__}: {why})") from exc
+        return self._stack
 
     def new_cache(self, batch: int = 1, capacity: int = 256) -> HFCache:
         return HFCache(self.hf_model.config)
@@ -127,12 +142,14 @@ class HFRunner:
     def masks(self, start: int, positions: torch.Tensor, attn_mask: torch.Tensor | None):
         """The 4D additive mask(s) for new rows at `positions` after `start` cached ones (cached
         position j sits at j: caches are packed): `attn_mask` (default causal) among the new rows,
-        every cached row visible (or `attn_mask` [n, start + n] over both), each sliding layer's window on top, by position. One tensor
-        when every layer has the same type, else {layer type: mask} as transformers' models take it."""
+        every cached row visible (or `attn_mask` [n, start + n] over both), each sliding layer's
+        window on top, by position. One tensor when every layer has the same type, else
+        {layer type: mask} as transformers' models take it."""
         n = positions.numel()
         among = torch.ones(n, n, dtype=torch.bool).tril() if attn_mask is None else attn_mask.cpu().bool()
         # A mask [n, start + n] says which cached rows each new row sees too (the lookahead trainer's).
-        visible = among if among.shape[1] == start + n else torch.cat([torch.ones(n, start, dtype=torch.bool), among], 1)
+        visible = among if among.shape[1] == start + n else torch.cat([torch.ones(n, start, dtype=torch.bool), among],
+                                                                      1)
         q_pos = positions.cpu().long()
         k_pos = torch.cat([torch.arange(start), q_pos])
         masks = {}

@@ -145,11 +145,14 @@ class QuantLinear(torch.nn.Module):
 
 @torch.no_grad()
 def quantize_linears(module: torch.nn.Module, kind: str, group: int, act_dtype: torch.dtype) -> None:
-    """Swap every `nn.Linear` under `module` (the output head included) for a QuantLinear of its
-    weight. A module of the caller's own: its other parameters are left as they are."""
-    linears = [(name, m) for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    """Swap every `nn.Linear` (or QuantLinear) under `module`, the output head included, for a
+    QuantLinear of its weight. A module of the caller's own: its other parameters are left as they are."""
+    linears = [(name, m) for name, m in module.named_modules() if isinstance(m, (torch.nn.Linear, QuantLinear))]
     for name, m in linears:
-        module.set_submodule(name, QuantLinear(quantize(m.weight, kind, group, act_dtype), m.bias))
+        # An already quantized linear (a self-draft of a quant= target) is quantized again from
+        # the weights its codes stand for.
+        weight = m.qweight.dequantize() if isinstance(m, QuantLinear) else m.weight
+        module.set_submodule(name, QuantLinear(quantize(weight, kind, group, act_dtype), m.bias))
 
 
 def parse_quant(quant: str | None) -> tuple[str, int]:

@@ -4,9 +4,9 @@ on any family, and the lean runner gives it only for the Llama family.
 
 The decoder stack is found from the model's own structure, not a table of attribute names:
 `get_decoder()` is the model's base, and its layers are the child `ModuleList` holding
-`num_hidden_layers` modules. Each layer is wrapped once in a `LayerGate`, which runs the layer,
-or passes its input through, as the calling thread's `LayerPlan` says; without a plan the gate
-is invisible (HF `generate`, the HF runner's own forward). So a partial forward is the model's
+`num_hidden_layers` modules. A shallow copy of the decoder (the same parameters; the model
+itself is left untouched) gets each layer wrapped in a `LayerGate`, which runs the layer, or
+passes its input through, as the calling thread's `LayerPlan` says. So a partial forward is the model's
 own decoder forward (its embeddings, positions, rotary tables, masks and final norm), with the
 layers outside the plan passed over. `check_split` verifies the split against the plain
 forward once per model, and a model whose forward does not split so is refused cleanly.
@@ -14,6 +14,7 @@ forward once per model, and a model whose forward does not split so is refused c
 
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -76,39 +77,36 @@ class LayerGate(torch.nn.Module):
 
 
 class LayerStack:
-    """The gated decoder of one transformers model (made once per module: `of`)."""
+    """A gated view of one transformers model's decoder (made once per runner:
+    `HFRunner.layer_stack`). Building one runs a tiny plain forward; a model whose decoder
+    cannot be found or run so is a TokenleapError naming its type."""
 
     def __init__(self, hf_model: torch.nn.Module) -> None:
         self.hf_model = hf_model
-        self.decoder = hf_model.get_decoder()
+        original = hf_model.get_decoder()
         self.num_layers = hf_model.config.get_text_config(decoder=True).num_hidden_layers
-        stacks = [m for m in self.decoder.children()
-                  if isinstance(m, torch.nn.ModuleList) and len(m) == self.num_layers]
-        if len(stacks) != 1:
+        names = [name for name, m in original.named_children()
+                 if isinstance(m, torch.nn.ModuleList) and len(m) == self.num_layers]
+        if len(names) != 1:
             raise TokenleapError(f"cannot find the decoder layers of model type {hf_model.config.model_type!r} "
                                  "(no single list of num_hidden_layers modules in its decoder)")
-        self.layers = stacks[0]
         self._local = threading.local()
         # What a layer returns (a tensor, or a tuple led by it): seen once on a plain forward.
         seen: list[bool] = []
-        hook = self.layers[0].register_forward_hook(lambda _m, _a, out: seen.append(isinstance(out, tuple)))
+        layers = getattr(original, names[0])
+        hook = layers[0].register_forward_hook(lambda _m, _a, out: seen.append(isinstance(out, tuple)))
         try:
             with torch.no_grad():
                 hf_model(input_ids=torch.tensor([[1, 2]], device=hf_model.device))
         finally:
             hook.remove()
         self.returns_tuple = bool(seen and seen[0])
-        for i, layer in enumerate(list(self.layers)):
-            self.layers[i] = LayerGate(layer, i, self)
-
-    @classmethod
-    def of(cls, hf_model: torch.nn.Module) -> "LayerStack":
-        """The model's stack, gating its layers the first time."""
-        first = hf_model.get_decoder()
-        for m in first.children():
-            if isinstance(m, torch.nn.ModuleList) and m and isinstance(m[0], LayerGate):
-                return m[0]._stack
-        return cls(hf_model)
+        # The gates go into a shallow copy of the decoder (its own child table, the same
+        # parameters): the user's model, and HF `generate` on it, stay exactly as they were.
+        self.decoder = copy.copy(original)
+        self.decoder._modules = dict(original._modules)
+        self.layers = torch.nn.ModuleList(LayerGate(layer, i, self) for i, layer in enumerate(layers))
+        self.decoder._modules[names[0]] = self.layers
 
     def plan(self) -> LayerPlan | None:
         return getattr(self._local, "plan", None)

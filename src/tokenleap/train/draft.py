@@ -29,7 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsP
 from ..errors import TokenleapError
 from ..models.loading import Model
 from ..options import Options, option
-from .common import require_llama_family, load_checkpoint, mixed_precision, progress, save_checkpoint, seed_everything
+from .common import load_checkpoint, mixed_precision, progress, require_llama_family, save_checkpoint, seed_everything
 from .prompts import corpus_prompts, document_prompts, training_prompts
 
 SHARD_SIZE = 96

@@ -26,7 +26,7 @@ from ..methods.ppd_latency import simulate_latency
 from ..models.early_exit import ExitHead, exit_states, layer_size, new_heads, save_heads
 from ..models.loading import Model
 from ..options import Options, option
-from .common import require_llama_family, load_checkpoint, progress, save_checkpoint, seed_everything
+from .common import load_checkpoint, progress, require_llama_family, save_checkpoint, seed_everything
 from .draft import DraftTrainConfig, dataset_shards, load_records, vocabulary_subset
 
 
