@@ -329,7 +329,11 @@ def test_candidate_section_when_no_guess_was_ever_taken():
     figures = {"drafting_calls": 1, "drafting_skipped": 0, "guess_taken": {"none": 7}}
     record = {"method": "pass", "error": None, "stats": {"method": "pass", "method_stats": figures}}
     lines = _method_sections({"per_prompt": [record, {**record, "error": "boom"}]})
-    assert lines[-1] == "| pass | 7 | 0.000 |"
+    assert lines[-1] == "| pass | 7 | 0.000 | 0.000 |"  # no rank, no lookup draft, none at all
+    # With prompt-lookup branches (`lookup`), rounds won by a copied draft have their own column.
+    figures = {**figures, "guess_taken": {"1": 2, "lookup": 1, "none": 1}}
+    record = {"method": "pass", "error": None, "stats": {"method": "pass", "method_stats": figures}}
+    assert _method_sections({"per_prompt": [record]})[-1] == "| pass | 4 | 0.500 | 0.250 | 0.750 |"
 
 
 def test_quantized_columns_report_agreement_with_the_unquantized_model(bench, prompts_file):

@@ -146,7 +146,7 @@ def test_two_calls_and_two_to_l_plus_two_tokens_per_iteration(tiny, merged, samp
 def test_one_call_is_one_forward_per_iteration(tiny, sampling, L, candidates):
     model = tiny(vocab_size=32, seed=0)
     trace, _, ctx = run_traced(model, "w2 w3 w4", 50, sampling, seed=3, lookahead=L, embeddings="zero",
-                               candidates=candidates)
+                               candidates=candidates, lookup=0)  # lookahead drafts only (lookup: below)
     assert all(calls == 1 and 1 <= len(block) <= L + 1 for block, calls, _ in trace)
     assert sum(len(b) for b, _, _ in trace) == 50 and ctx.stats.target_forwards == len(trace)
     # Every call validates drafts but the first (and the last when one token of room is left:
@@ -165,7 +165,7 @@ def test_one_call_candidates_verify_every_guess(tiny):
     argmax: every round accepts its one draft, wherever it sits in the tree."""
     model = tiny(vocab_size=32, seed=2)
     trace, _, ctx = run_traced(model, "w2 w3", 30, Sampling(), lookahead=1, embeddings="random",
-                               candidates=32)
+                               candidates=32, lookup=0)
     assert ctx.stats.accepted_hist == {1: ctx.stats.iterations}
     assert [t for b, _, _ in trace for t in b] == hf_greedy(model, model.encode("w2 w3"), 30)
     ranks = ctx.stats.method_stats.guess_taken
@@ -193,7 +193,8 @@ def test_prompt_lookup_drafts_join_the_one_call_tree(tiny, monkeypatch):
             parent = next(k for k, (t, par) in enumerate(zip(tree.tokens, tree.parents)) if t == token and par == parent)
         siblings = [(par, t) for t, par in zip(tree.tokens, tree.parents)]
         assert len(siblings) == len(set(siblings))  # no two children of a node carry the same token
-    plain = tokenleap.generate(prompt, method="pass", model=model, max_new_tokens=48, lookahead=1, embeddings="random")
+    plain = tokenleap.generate(prompt, method="pass", model=model, max_new_tokens=48, lookahead=1, embeddings="random",
+                               lookup=0)
     assert plain.token_ids == want and ctx.stats.iterations < plain.stats.iterations
 
 
@@ -204,7 +205,7 @@ def test_candidate_ranks_count_which_guess_was_taken(tiny, monkeypatch):
     trees = []
     real = pass_.drafts.tree
     monkeypatch.setattr(pass_.drafts, "tree", lambda *a: trees.append(real(*a)) or trees[-1])
-    trace, _, ctx = run_traced(model, "w4 w5 w6", 40, Sampling(), lookahead=1, embeddings="random")
+    trace, _, ctx = run_traced(model, "w4 w5 w6", 40, Sampling(), lookahead=1, embeddings="random", lookup=0)
     blocks = [b for b, _, _ in trace][1:]  # the first call has no tree
     expected: dict[str, int] = {}
     for tree, block in zip(trees, blocks):
@@ -301,6 +302,7 @@ def test_embedding_specs(tiny, tmp_path):
     ({"candidates": 2, "scheme": "merged"}, "candidates > 1 needs scheme one-call"),
     ({"lookup": 4, "scheme": "two-call"}, "lookup > 0 needs scheme one-call"),
     ({"lookup": 33}, "lookup must be"),
+    ({"lookup": -2}, "lookup must be"),
 ])
 def test_bad_options_are_clear_errors(tiny, opts, message):
     with pytest.raises(TokenleapError, match=message):

@@ -44,6 +44,7 @@ from ..options import Options, option
 
 SCHEMES = ("one-call", "two-call", "merged")
 AUTO_CANDIDATES = 3
+AUTO_LOOKUP = 4  # pass@lookup=4: 1.43x ar against 1.19x without (docs/bench/pass-lookup-dev24)
 
 
 @dataclass
@@ -55,15 +56,21 @@ class PaSSOptions(Options):
     candidates: int = option(0, "one-call: guesses verified for the next position; 0 = auto", minimum=0)
     embeddings: str = option("auto", "lookahead embeddings: auto, mean, zero, random or a path to a "
                                      "lookahead .safetensors file")
-    lookup: int = option(0, "greedy one-call: also verify up to this many prompt-lookup drafts (a branch of "
-                            "the tree, copied from earlier text as pld does); 0 = off", minimum=0, maximum=32)
+    lookup: int = option(-1, "greedy one-call: also verify up to this many prompt-lookup drafts (a branch of "
+                             "the tree, copied from earlier text as pld does); 0 = off, -1 = auto (4 with "
+                             "one-call, the fastest measured; 0 otherwise)", minimum=-1, maximum=32)
 
     def check(self) -> None:
         if self.candidates > 1 and self.scheme != "one-call":
             raise TokenleapError("candidates > 1 needs scheme one-call (a tree of drafts is verified in one call)")
-        if self.lookup and self.scheme != "one-call":
+        if self.lookup > 0 and self.scheme != "one-call":
             raise TokenleapError("lookup > 0 needs scheme one-call (its drafts are a branch of the one-call tree)")
         check_spec(self.embeddings, ("auto",) + INITS)
+
+    @property
+    def lookups(self) -> int:
+        """Prompt-lookup drafts per one-call tree: as set, or auto (AUTO_LOOKUP with one-call)."""
+        return self.lookup if self.lookup >= 0 else (AUTO_LOOKUP if self.scheme == "one-call" else 0)
 
     @property
     def guesses(self) -> int:
@@ -94,16 +101,17 @@ class PaSSStats(MethodStats):
                     per[rank] = per.get(rank, 0) + n
         if not counts:
             return []
-        width = max((int(k) for per in counts.values() for k in per if k != "none"), default=0)
+        width = max((int(k) for per in counts.values() for k in per if k.isdigit()), default=0)
         rows = []
         for name, per in counts.items():
             rounds = sum(per.values())
-            hits = [per.get(str(j), 0) / rounds for j in range(1, width + 1)]
+            hits = [per.get(str(j), 0) / rounds for j in range(1, width + 1)] + [per.get("lookup", 0) / rounds]
             rows.append([name, f"{rounds:.0f}"] + [f"{h:.3f}" for h in hits] + [f"{sum(hits):.3f}"])
         lines = ["", "## PaSS candidates: which guess the target took", "",
                  "Share of drafting rounds in which the target's token was the j-th best guess of the "
-                 "lookahead block (greedy runs with `candidates` > 1).", ""]
-        return lines + table(["method", "rounds"] + [f"rank {j}" for j in range(1, width + 1)] + ["any"], rows)
+                 "lookahead block, or a prompt-lookup draft (`lookup`; greedy runs with `candidates` > 1).", ""]
+        return lines + table(["method", "rounds"] + [f"rank {j}" for j in range(1, width + 1)] + ["lookup", "any"],
+                             rows)
 
 
 # -- two-call and merged ----------------------------------------------------------------------
@@ -191,7 +199,7 @@ def one_call(ctx: DecodeContext, seq: list[int], cache: KVCache, tree: DraftTree
 
 def decode_one_call(ctx: DecodeContext, la: torch.Tensor) -> Iterator[list[int]]:
     seq = list(ctx.prompt_ids)
-    k, n_lookup = ctx.options.guesses, ctx.options.lookup if ctx.sampling.greedy else 0
+    k, n_lookup = ctx.options.guesses, ctx.options.lookups if ctx.sampling.greedy else 0
     lookup = PromptLookupDrafter(ctx, num_draft=n_lookup) if n_lookup else None
     cache = ctx.new_cache(ctx.target, slack=64 + (la.shape[1] + 1) * (la.shape[1] + k + n_lookup + 1))
     block_logits = None  # the first call has no drafts: it is a drafting call
