@@ -18,6 +18,14 @@ from ..models.loading import Model
 from .warping import Sampling, warp
 
 
+def _runner_logits(model: Model, prompt_ids: list[int], token_ids: list[int]) -> torch.Tensor:
+    """Logits [n, V] of the rows predicting each of the n tokens, teacher-forced in one forward
+    through the model's own runner (its quantized weights, if any)."""
+    runner = model.runner
+    ids = torch.tensor([list(prompt_ids) + list(token_ids)], dtype=torch.long, device=runner.device)
+    return runner.forward(runner.new_cache(1, ids.shape[1]), ids)[0, len(prompt_ids) - 1: -1]
+
+
 def _continuation_logits(model: Model, prompt_ids: list[int], token_ids: list[int]) -> torch.Tensor:
     """Logits [n, V] of the rows that predict each of the n generated tokens: one forward over
     prompt + tokens, and only those rows are projected to the vocabulary."""
@@ -29,9 +37,8 @@ def _continuation_logits(model: Model, prompt_ids: list[int], token_ids: list[in
     n = len(token_ids)
     if model.quant != "none":
         # Quantized weights live in the runner (the HF module may hold the originals): score
-        # the model that generated, through the runner, every row predicting a token.
-        runner = model.runner
-        return runner.forward(runner.new_cache(1, ids.shape[1]), ids)[0, len(prompt_ids) - 1: -1].float().cpu()
+        # the model that generated, through the runner.
+        return _runner_logits(model, prompt_ids, token_ids).float().cpu()
     # Row i of the kept logits predicts token i; the extra last row (beyond the sequence) is dropped.
     return model.hf_model(input_ids=ids, use_cache=False, logits_to_keep=n + 1).logits[0, :n].float().cpu()
 
@@ -59,10 +66,7 @@ def top1_agreement(model: Model, prompt_ids: list[int], answer_ids: list[int]) -
     judged with its quantized weights)."""
     if not prompt_ids or not answer_ids:
         return 0, 0
-    runner = model.runner
-    ids = torch.tensor([list(prompt_ids) + list(answer_ids)], dtype=torch.long, device=runner.device)
-    logits = runner.forward(runner.new_cache(1, ids.shape[1]), ids)[0, len(prompt_ids) - 1: -1]
-    chosen = logits.argmax(-1).cpu()
+    chosen = _runner_logits(model, prompt_ids, answer_ids).argmax(-1).cpu()
     return int((chosen == torch.tensor(answer_ids)).sum()), len(answer_ids)
 
 

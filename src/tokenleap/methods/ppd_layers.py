@@ -19,9 +19,8 @@ import torch
 
 from ..decoding.cache import StaticKVCache
 from ..decoding.context import DecodeContext
-from ..errors import TokenleapError
 from ..models.hf import HFCache, HFRunner
-from ..models.layered import LayerPlan, LayerStack, check_split
+from ..models.layered import LayerPlan
 from ..models.llama import LlamaRunner
 
 Before = Callable[[int], None]  # before layer m (may raise StopForward)
@@ -91,25 +90,10 @@ class LeanLayers:
 class HFLayers:
     def __init__(self, ctx: DecodeContext, k: int) -> None:
         self.runner: HFRunner = ctx.target.runner
-        self.stack = ctx.target.memo(("layer-stack",), lambda: self._checked_stack(self.runner))
+        self.stack = self.runner.layer_stack()  # made and checked once per runner
         self.num_layers = self.stack.num_layers
         self.committed: HFCache = self.runner.new_cache()
         self._scratch: HFCache = self.runner.new_cache()
-
-    @staticmethod
-    def _checked_stack(runner: HFRunner) -> LayerStack:
-        stack = runner.layer_stack()
-        try:
-            check_split(stack, runner.new_cache, runner.masks)
-        except TokenleapError:
-            raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            # E.g. ALiBi Falcon derives its position biases from a 2D padding mask: it cannot
-            # take the explicit masks and positions a partial forward needs.
-            why = (str(exc).strip().splitlines() or [""])[0]
-            raise TokenleapError(f"ppd cannot run model type {runner.hf_model.config.model_type!r} layer by layer "
-                                 f"through transformers ({type(exc).__name__}: {why})") from exc
-        return stack
 
     def _run(self, plan: LayerPlan, ids: torch.Tensor, start: int, cache: HFCache) -> None:
         positions = torch.arange(start, start + ids.shape[1], device=self.runner.device)

@@ -14,8 +14,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 
 from ..decoding.cache import kept_prefix
-from ..errors import TokenleapError
-from .layered import LayerStack
+from ..errors import TokenleapError, first_line
+from .layered import LayerStack, check_split
 
 # Layer types whose attention a position mask expresses: key j visible to query i when the mask
 # allows it, and for sliding layers also when pos_i - pos_j < window (transformers' convention).
@@ -120,17 +120,21 @@ class HFRunner:
         return stack.logits(stack.final_norm(hidden))
 
     def layer_stack(self) -> LayerStack:
-        """Per-layer access through the model's own decoder (`models.layered`), made once; a
-        model it cannot be made for is a TokenleapError naming its type."""
+        """Per-layer access through the model's own decoder (`models.layered`), made and checked
+        against the plain forward once; a model it cannot be made for is a TokenleapError naming
+        its type."""
         if self._stack is None:
             try:
-                self._stack = LayerStack(self.hf_model)
+                stack = LayerStack(self.hf_model)
+                check_split(stack, self.new_cache, self.masks)
+            except TokenleapError:
+                raise
             except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
-                if isinstance(exc, TokenleapError):
-                    raise
-                why = (str(exc).strip().splitlines() or [""])[0]
+                # E.g. ALiBi Falcon derives its position biases from a 2D padding mask: it cannot
+                # take the explicit masks and positions a partial forward needs.
                 raise TokenleapError(f"cannot run model type {self.hf_model.config.model_type!r} layer by layer "
-                                     f"({type(exc).__name__}: {why})") from exc
+                                     f"through transformers ({type(exc).__name__}: {first_line(exc)})") from exc
+            self._stack = stack
         return self._stack
 
     def new_cache(self, batch: int = 1, capacity: int = 256) -> HFCache:
@@ -182,10 +186,9 @@ class HFRunner:
                 raise
             # E.g. ALiBi Falcon derives its position biases from a 2D padding mask, so it cannot
             # take a tree's 4D mask and positions.
-            why = (str(exc).strip().splitlines() or [""])[0]
             raise TokenleapError(
                 f"model type {self.hf_model.config.model_type!r} cannot run a forward with a custom attention mask "
-                f"and positions through transformers ({type(exc).__name__}: {why}), which verifying a tree of "
+                f"and positions through transformers ({type(exc).__name__}: {first_line(exc)}), which verifying a tree of "
                 "drafts needs (mtad-tree, pass with scheme one-call); chain methods (ar, sps, mtad, pass with "
                 "scheme two-call or merged) run on it") from exc
         return out.logits

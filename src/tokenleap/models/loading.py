@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..errors import TokenleapError
+from ..errors import TokenleapError, first_line
 from . import kernels, llama
 from .hardware import dtype_name, resolve_device, resolve_dtype
 from .hf import HFRunner
@@ -239,9 +239,9 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", devi
         tokenizer = AutoTokenizer.from_pretrained(source)
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(torch_device).eval()
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         why = not_a_causal_lm(source)
-        raise TokenleapError(f"cannot load model {name_or_path!r}: {why or first}") from None
+        raise TokenleapError(f"cannot load model {name_or_path!r}: {why or first_line(exc) or type(exc).__name__}"
+                             ) from None
     for p in hf_model.parameters():
         p.requires_grad_(False)
     if runner == "lean" and not llama.supports(hf_model):
