@@ -41,6 +41,10 @@ def test_greedy_run_schema_counting_and_exact_match(bench, tmp_path, prompt_rows
         # Every method here is lossless: greedy output must equal ar's token for token in fp32.
         assert m["exact_match"] == 1.0, name
     assert summary["ar"]["speedup"] == pytest.approx(1.0)
+    # The cost model prices every tokenleap run's forwards; the anchors' are not on record.
+    assert summary["ar"]["predicted_speedup"] == pytest.approx(1.0) and summary["sps"]["predicted_speedup"] > 0
+    assert summary["hf"]["predicted_speedup"] is None and summary["hf-assisted"]["predicted_speedup"] is None
+    assert all(r["stats"]["predicted_ms"] > 0 for r in records if r["method"] in ("ar", "sps"))
     assert summary["ar"]["mean_accepted_length"] == summary["hf"]["mean_accepted_length"] == 1.0
     assert summary["sps"]["acceptance_rate"] is not None and summary["hf"]["acceptance_rate"] is None
     assert len(summary["sps"]["acceptance_by_position"]) == 3
@@ -265,10 +269,14 @@ def test_ppd_runs_report_prediction_beside_measurement(bench, tmp_path):
                           "--limit", "2", "-n", "12")
     assert code == 0 and results["summary"]["ppd"]["exact_match"] == 1.0
     report = (tmp_path / "out" / "report.md").read_text()
-    section = report[report.index("## PPD: predicted vs measured"):report.index("## Notes")]
+    section = report[report.index("## PPD: the spec's latency model vs measured"):report.index("## Notes")]
     row = next(line for line in section.splitlines() if line.startswith("| ppd |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "1" and 0.0 <= float(cells[2]) <= 1.0 and float(cells[3]) >= 1.0
+    assert cells[1] == "1" and 0.0 <= float(cells[2]) <= 1.0 and 0.0 <= float(cells[3]) <= 1.0
+    assert float(cells[4]) >= 1.0
+    # PPD's own prediction (its schedule priced with the one-thread cost) beside the others'.
+    assert results["summary"]["ppd"]["predicted_speedup"] > 0
+    assert "| ppd |" in report[report.index("## Cost model: predicted vs measured"):]
 
 
 def test_variant_values_take_the_type_of_the_option():

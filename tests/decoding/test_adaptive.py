@@ -7,7 +7,7 @@ import pytest
 import tokenleap
 from reference import hf_greedy
 from tokenleap.decoding.adaptive import EXPLORE_EVERY, DraftLength, expected_tokens
-from tokenleap.models.cost import CostModel, measured_curve
+from tokenleap.models.cost import CostModel, measured_curve, predicted_ms
 
 FLAT = {1: 10.0, 2: 10.0, 4: 10.5, 8: 11.0, 16: 12.0}  # memory-bound: rows are nearly free
 
@@ -56,7 +56,14 @@ def test_auto_gamma_is_greedy_exact_and_records_its_choices(tiny):
     assert r.token_ids == hf_greedy(target, target.encode(prompt), 30)
     figures = r.stats.method_stats
     assert sum(figures.drafts_chosen.values()) == r.stats.target_forwards  # one choice per step
-    assert figures.predicted_ms > 0 and figures.target_ms == measured_curve(target)[1]
+    # Every forward is on record by size, and the cost model prices them.
+    rows = r.stats.forward_rows
+    assert sum(rows["target"].values()) == r.stats.target_forwards and str(len(target.encode(prompt))) in rows["target"]
+    assert sum(rows["draft"].values()) == r.stats.draft_forwards
+    cost = CostModel.of(target, draft)
+    assert predicted_ms(r.stats, target, draft) == pytest.approx(
+        sum(cost.target_ms(int(k)) * n for k, n in rows["target"].items())
+        + sum(cost.draft_rows_ms(int(k)) * n for k, n in rows["draft"].items()))
     # The curve is measured once per model and kept.
     assert measured_curve(target) is measured_curve(target)
 
@@ -80,5 +87,4 @@ def test_a_round_after_plain_steps_pays_the_drafts_catch_up():
         length.accepted, length.rejected = 0.0, 100.0
         assert length.choose(room=100) == 0
     assert length.choose(room=100) > 0 and length.catch_up == EXPLORE_EVERY - 1
-    length.update(1, 0)
-    assert length.predicted_ms == pytest.approx(7 * 10.0 + cost.round_ms(1, EXPLORE_EVERY - 1))
+    assert length.round_ms(1, EXPLORE_EVERY - 1) == pytest.approx(4.5 + 10.0)  # the catch-up is the draft step

@@ -15,6 +15,7 @@ from tokenleap.drafters.beams import BeamDrafter, beam_tree
 from tokenleap.methods.mtad import joint_rule, tree_step
 from tokenleap.planner import plan_generation
 from laws import chi_square_pvalue, draws, exact_law
+from reference import hf_greedy
 
 V = 8
 SAMPLING = Sampling(1.0)
@@ -209,3 +210,34 @@ def test_bad_options(pair, opts, message):
 def test_missing_draft(pair):
     with pytest.raises(TokenleapError, match="needs a draft"):
         tokenleap.generate("w2", method="mtad-tree", model=pair[0])
+
+
+def priced(model, curve):
+    """A copy of `model` whose cost model reads this step-cost curve (ms by rows) instead of measuring it."""
+    model = dataclasses.replace(model, eos_token_ids=frozenset({V}))  # and no EOS: every run is max_new_tokens
+    model.memo(("cost-curve",), lambda: curve)
+    return model
+
+
+FLAT = {1: 10.0, 2: 10.0, 4: 10.5, 8: 11.0, 16: 12.0, 32: 14.0}  # rows nearly free
+STEEP = {1: 10.0, 2: 19.0, 4: 37.0, 8: 73.0, 16: 145.0}  # every row costs a whole step
+
+
+@pytest.mark.parametrize("method", ["mtad", "mtad-tree"])
+def test_auto_gamma_where_no_block_pays_is_plain_greedy_decoding(pair, method):
+    """gamma=auto with a draft step that costs as much as a target row: no block pays even with
+    every draft accepted, so every token is a plain target step, and at T=0 that is greedy."""
+    target, draft = priced(pair[0], STEEP), priced(pair[1], {1: 9.0, 4: 36.0, 16: 144.0})
+    r = tokenleap.generate("w2 w3", method=method, model=target, draft=draft, max_new_tokens=20)
+    assert r.token_ids == hf_greedy(target, target.encode("w2 w3"), 20)
+    assert r.stats.method_stats.drafts_chosen == {"0": 20} and r.stats.draft_forwards == 0
+
+
+@pytest.mark.parametrize("method", ["mtad", "mtad-tree"])
+def test_auto_gamma_where_blocks_are_cheap_drafts_blocks_of_two_or_more(pair, method):
+    target, draft = priced(pair[0], FLAT), priced(pair[1], {1: 0.5, 4: 0.6, 16: 1.0, 64: 2.0})
+    r = tokenleap.generate("w2 w3", method=method, model=target, draft=draft, max_new_tokens=40,
+                           temperature=1.0, seed=3)
+    chosen = r.stats.method_stats.drafts_chosen
+    assert "1" not in chosen and sum(n for g, n in chosen.items() if int(g) >= 2) == r.stats.iterations > 0
+    assert r.stats.draft_forwards == sum(int(g) * n for g, n in chosen.items())  # a forward per block token

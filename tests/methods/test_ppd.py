@@ -14,6 +14,8 @@ import tokenleap
 from reference import hf_greedy
 from tokenleap.cli import main as cli_main
 from tokenleap.methods import ppd
+from tokenleap.decoding.adaptive import EXPLORE_EVERY
+from tokenleap.models.cost import interpolate
 from tokenleap.models.early_exit import teacher_forced_matches
 from tokenleap.planner import plan_generation
 
@@ -21,10 +23,11 @@ LAYERS = 6  # so that d < l/2 (1, 2), d = l/2 (3) and d > l/2 (4, 5) all exist
 PROMPTS = ["w2 w3 w4", "w5", "w7 w8 w9 w10 w11 w12 w13"]
 
 
-def pipeline(model, prompt, n, **options):
-    """A PPD pipeline run to the end by hand, so that its cache and counters can be inspected."""
+def pipeline(model, prompt, n, branch="always", **options):
+    """A PPD pipeline run to the end by hand, so that its cache and counters can be inspected
+    (the branch for every token unless asked otherwise)."""
     ctx = plan_generation(prompt=prompt, method="ppd", model=model, max_new_tokens=n, temperature=0.0, top_k=0,
-                          top_p=1.0, seed=0, options=options).ctx
+                          top_p=1.0, seed=0, options=dict(options, branch=branch)).ctx
     pipe = ppd.Pipeline(ctx)
     tokens = list(pipe.tokens())
     pipe.close()
@@ -37,8 +40,9 @@ def test_equals_greedy_for_every_exit_layer_candidates_and_workers(tiny):
         expected = hf_greedy(model, model.encode(prompt), 24)
         for d, k, workers in itertools.product(range(1, LAYERS), (1, 3), (1, 2)):
             got = tokenleap.generate(prompt, method="ppd", model=model, max_new_tokens=24, exit_layer=d,
-                                     candidates=k, workers=workers)
+                                     candidates=k, workers=workers, branch="always")
             assert got.token_ids == expected, (prompt, d, k, workers)
+        assert tokenleap.generate(prompt, method="ppd", model=model, max_new_tokens=24).token_ids == expected
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -47,7 +51,8 @@ def test_stops_at_eos_exactly(tiny, d, workers):
     model = tiny(vocab_size=32, num_layers=LAYERS, seed=3)
     free_run = hf_greedy(model, model.encode("w2 w3"), 20)
     eos_model = dataclasses.replace(model, eos_token_ids=frozenset({free_run[5]}))
-    got = tokenleap.generate("w2 w3", method="ppd", model=eos_model, max_new_tokens=20, exit_layer=d, workers=workers)
+    got = tokenleap.generate("w2 w3", method="ppd", model=eos_model, max_new_tokens=20, exit_layer=d, workers=workers,
+                             branch="always")
     assert got.token_ids == free_run[: free_run.index(free_run[5]) + 1] and got.finish_reason == "eos"
     assert got.stats.method_stats.scratch_live == 0
 
@@ -240,3 +245,46 @@ def test_bit_exact_with_ar_in_bf16_on_default_model():
         n = pipe.layers.committed.length
         committed = pipe.layers.committed
         assert all(torch.equal(committed.keys[m][:, :, :n], plain.keys[m][:, :, :n]) for m in range(30))
+
+
+def priced(model, curve, one_thread_ms):
+    """A copy of `model` whose cost model reads these step costs (ms) instead of measuring them."""
+    model = dataclasses.replace(model, eos_token_ids=frozenset({32}))  # and no EOS: every run is max_new_tokens
+    model.memo(("cost-curve",), lambda: curve)
+    model.memo(("cost-1thread",), lambda: one_thread_ms)
+    return model
+
+
+FLAT = {1: 10.0, 2: 10.5, 4: 11.0, 8: 12.0, 16: 14.0}
+
+
+@pytest.mark.parametrize("runner", ["auto", "hf"])
+def test_auto_branch_takes_plain_steps_where_the_branch_cannot_pay(tiny, runner):
+    """branch=auto: one worker thread costing 10x the whole machine's, so no match rate pays; every
+    token is a plain step (no exploration either: even p=1 cannot pay), exact, and the predicted
+    time is the prompt's forward plus one step per later token."""
+    model = priced(tiny(runner=runner, vocab_size=32, num_layers=LAYERS, seed=3), FLAT, 100.0)
+    prompt_ids = model.encode("w2 w3 w4")
+    r = tokenleap.generate(prompt_ids, method="ppd", model=model, max_new_tokens=20, exit_layer=3)
+    assert r.token_ids == hf_greedy(model, prompt_ids, 20)
+    e, n = r.stats.method_stats, len(r.token_ids)
+    assert n == 20 and e.plain_steps == n and e.branches == 0 and e.step_ms == 10.0 and e.step_ms_one_thread == 100.0
+    assert r.stats.predicted_ms == pytest.approx(interpolate(FLAT, len(prompt_ids)) + 10.0 * (n - 1))
+
+
+def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(tiny):
+    model = priced(tiny(vocab_size=32, num_layers=LAYERS, seed=3), FLAT, 0.0)
+    prompt_ids = model.encode("w2 w3 w4")
+    expected = hf_greedy(model, prompt_ids, 30)
+    # One thread as fast as two: any match pays, every token but the last has a branch.
+    r = tokenleap.generate(prompt_ids, method="ppd", model=priced(model, FLAT, 10.0), max_new_tokens=30,
+                           exit_layer=3, head_cost=0.0)
+    assert r.token_ids == expected and r.stats.method_stats.plain_steps == 1  # the last token: no room
+    # One thread at 1.6x: the branch pays only above p = 0.75 (l=6, d=3, h=0: (1 - p/2) 16 < 10), which
+    # one match in a few never lifts the estimate to (1 of 3 here); at p = 1 it would pay, so every
+    # EXPLORE_EVERY-th token is pipelined anyway.
+    r = tokenleap.generate(prompt_ids, method="ppd", model=priced(model, FLAT, 16.0), max_new_tokens=30,
+                           exit_layer=3, head_cost=0.0, candidates=1)
+    e = r.stats.method_stats
+    assert r.token_ids == expected and e.match_rate < 0.5
+    assert e.branches == e.judged == 30 // EXPLORE_EVERY and e.plain_steps == 30 - e.branches

@@ -20,6 +20,7 @@ from ..decoding.quality import score_continuation, top1_agreement
 from ..decoding.warping import Sampling
 from ..errors import TokenleapError
 from ..generation import generate
+from ..models.cost import predicted_ms
 from ..models.hardware import cpu_caps
 from ..models.loading import Model
 from ..models.registry import DEFAULT_MODEL
@@ -198,6 +199,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     def run_method(m: BenchMethod, prompt_ids: list[int], seed: int, max_new: int = config.max_new_tokens):
         return generate_once(m, target_of(m), drafts.get(m.draft), prompt_ids, max_new, config.sampling, seed)
 
+    def predictor(m: BenchMethod):
+        return lambda stats: predicted_ms(stats, target_of(m), drafts.get(m.draft) if m.needs_draft else None)
+
     def scorer(m: BenchMethod):
         """Perplexity under the unquantized target; the law check under the method's own target."""
         def score(prompt_ids: list[int], token_ids: list[int], seed: int) -> tuple[float, list[float]]:
@@ -221,7 +225,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                         bar.update(task, description=f"{prompt.category}/{prompt.question_id} {m.name}")
                         recorder.add(measure(m, prompt, prompt_ids[prompt.index], repeat, seed,
                                              lambda ids, s, m=m: run_method(m, ids, s), meter,
-                                             None if config.sampling.greedy else scorer(m), target.device))
+                                             None if config.sampling.greedy else scorer(m), target.device,
+                                             predictor(m)))
                         bar.advance(task)
                     recorder.save()
         if len(targets) > 1 or target.quant != "none":

@@ -94,9 +94,11 @@ def pit_record(pit: list[float]) -> list[float | None]:
 def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, repeat: int, seed: int,
             run: Callable[[list[int], int], tuple[list[int], DecodeStats]], meter: EnergyMeter,
             score: Callable[[list[int], list[int], int], tuple[float, list[float]]] | None = None,
-            device: torch.device | str = "cpu") -> dict[str, Any]:
+            device: torch.device | str = "cpu",
+            predict: Callable[[DecodeStats], float | None] | None = None) -> dict[str, Any]:
     """One timed generation as a per_prompt record; any exception becomes the record's error.
-    `score` (sampling runs: perplexity and the law check's PIT values) runs after the clock stops."""
+    After the clock stops: `score` (sampling runs: perplexity and the law check's PIT values) and
+    `predict` (the cost model's time for the run, `stats.predicted_ms`)."""
     record: dict[str, Any] = {"question_id": prompt.question_id, "category": prompt.category,
                               "prompt_index": prompt.index, "method": method.name, "repeat": repeat,
                               "seed": seed, "tokens": 0, "wall_s": 0.0, "energy_j": 0.0, "token_ids": [],
@@ -112,6 +114,8 @@ def measure(method: BenchMethod, prompt: Prompt, prompt_ids: list[int] | str, re
         wall = time.perf_counter() - start
         record.update(tokens=len(token_ids), wall_s=wall, energy_j=meter.read() - energy0, token_ids=token_ids)
         stats.wall_s = wall  # the harness's clock, identical for every method
+        if predict is not None:
+            stats.predicted_ms = predict(stats)
         record["stats"] = stats.to_dict()
         if score is not None and token_ids:
             record["ppl"], pit = score(prompt_ids, token_ids, seed)

@@ -72,6 +72,10 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         # greedy answers, over all their positions (None for unquantized columns).
         "agreement": _ratio(sum(a for a, _ in agreed), sum(n for _, n in agreed)) if agreed else None,
         "energy_j_per_token": _ratio(sum(r["energy_j"] for r in ok), tokens),
+        # The cost model's time per token for these runs (`DecodeStats.predicted_ms`), when every
+        # run has one (anchors have none).
+        "predicted_ms_per_token": (_ratio(sum(s["predicted_ms"] for s in stats), tokens)
+                                   if stats and all(s.get("predicted_ms") for s in stats) else None),
     }
 
 
@@ -92,6 +96,9 @@ def _method_metrics(records: list[dict[str, Any]], baseline: list[dict[str, Any]
     metrics = aggregate(records)
     base_tps = aggregate(baseline)["tokens_per_s"] if baseline else 0.0
     metrics["speedup"] = _ratio(metrics["tokens_per_s"], base_tps) if baseline else None
+    base_ms = aggregate(baseline)["predicted_ms_per_token"] if baseline else None
+    mine_ms = metrics["predicted_ms_per_token"]
+    metrics["predicted_speedup"] = _ratio(base_ms, mine_ms) if base_ms and mine_ms else None
     metrics["exact_match"] = exact_match(records, same_weights) if greedy and same_weights else None
     return metrics
 
@@ -228,11 +235,25 @@ def markdown_report(results: dict[str, Any], plots: list[Path] | None = None) ->
                         [[n] + [_fmt(x) for x in v] + [""] * (width - len(v)) for n, v in accept.items()])
     else:
         lines.append("No method proposed drafts.")
+    lines += _predicted_section(summary)
     lines += _method_sections(results)
     lines += ["", "## Notes", "", *_notes(results)]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _predicted_section(summary: dict[str, Any]) -> list[str]:
+    """The cost model's speedup beside the measured one, for every method it can price."""
+    rows = [[n, _fmt(m["predicted_speedup"]), _fmt(m["speedup"]), f"{100 * (m['speedup'] / m['predicted_speedup'] - 1):+.0f}%"]
+            for n, m in summary.items() if m.get("predicted_speedup") and m["speedup"]]
+    if not rows:
+        return []
+    return ["", "## Cost model: predicted vs measured", "",
+            "Predicted: the run's forwards priced on this machine's measured step-cost curves (rows -> ms; "
+            "PPD: its schedule on the one-thread cost), against `ar`'s priced the same way; measured: tok/s "
+            "against `ar`. The gap is work outside the forwards (acceptance, cache moves, Python).", "",
+            *_table(["method", "predicted speedup", "measured speedup", "measured vs predicted"], rows)]
 
 
 def _versus_section(summary: dict[str, Any]) -> list[str]:

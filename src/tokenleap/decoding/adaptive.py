@@ -15,13 +15,19 @@ pay at all, i.e. with every draft accepted. When it could not (the draft costs n
 target does, as a quantized copy of a small bf16 model can), exploring only loses time. A
 round after plain steps also pays the draft's catch-up: it feeds the tokens it sat out in one
 forward over that many rows (on this CPU an int8 draft over 9 rows costs ~2 one-row steps).
+
+MTAD's beam drafter is priced the same way with `width` rows per draft step; its tree variant
+verifies up to width x drafts nodes in one forward (`tree`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from ..markdown import table
 from ..models.cost import CostModel
+from .stats import MethodStats
 
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.2, 0.8  # a prior alpha of 0.6 worth two drafts
 EXPLORE_EVERY = 8
@@ -36,11 +42,13 @@ def expected_tokens(alpha: float, drafts: int) -> float:
 class DraftLength:
     cost: CostModel
     most: int  # never more drafts per round than this
+    least: int = 1  # never fewer drafts in a round than this (MTAD: a block of 2 at least)
+    width: int = 1  # rows per draft step (MTAD's beams)
+    tree: bool = False  # every beam of every depth verified (mtad-tree): width x drafts nodes
     accepted: float = PRIOR_ACCEPTED
     rejected: float = PRIOR_REJECTED
     plain_run: int = 0  # plain steps in a row
     chosen: dict[str, int] = field(default_factory=dict)  # draft length -> rounds (0 = plain steps)
-    predicted_ms: float = 0.0  # what the cost model says the steps taken cost
     catch_up: int = 0  # plain steps before the round being judged (the draft's catch-up)
 
     @property
@@ -52,26 +60,53 @@ class DraftLength:
             return 1.0 / self.cost.target_ms(1)
         alpha = self.alpha if alpha is None else alpha
         catch_up = self.plain_run if catch_up is None else catch_up
-        return expected_tokens(alpha, drafts) / self.cost.round_ms(drafts, catch_up)
+        return expected_tokens(alpha, drafts) / self.round_ms(drafts, catch_up)
+
+    def round_ms(self, drafts: int, catch_up: int) -> float:
+        verified = drafts * self.width + 1 if self.tree else None
+        return self.cost.round_ms(drafts, catch_up, self.width, verified)
 
     def choose(self, room: int) -> int:
         """Drafts for the next round (0: a plain step), at most room - 1."""
-        limit = min(self.most, room - 1)
-        best = max(range(limit + 1), key=self.tokens_per_ms)
+        lengths = [0] + list(range(self.least, min(self.most, room - 1) + 1))
+        best = max(lengths, key=self.tokens_per_ms)
         plain = self.tokens_per_ms(0)
-        if (best == 0 and limit > 0 and self.plain_run + 1 >= EXPLORE_EVERY
+        if (best == 0 and len(lengths) > 1 and self.plain_run + 1 >= EXPLORE_EVERY
                 # With the catch-up of an exploration on schedule: were it too dear then, it
                 # always would be (a longer plain run only lengthens it).
-                and any(self.tokens_per_ms(g, 1.0, EXPLORE_EVERY - 1) > plain for g in range(1, limit + 1))):
-            best = max(range(1, limit + 1), key=self.tokens_per_ms)
+                and any(self.tokens_per_ms(g, 1.0, EXPLORE_EVERY - 1) > plain for g in lengths[1:])):
+            best = max(lengths[1:], key=self.tokens_per_ms)
         self.catch_up = self.plain_run  # what this round's first draft step feeds first
         self.plain_run = self.plain_run + 1 if best == 0 else 0
         self.chosen[str(best)] = self.chosen.get(str(best), 0) + 1
-        self.predicted_ms += self.cost.target_ms(1) if best == 0 else 0.0
         return best
 
     def update(self, proposed: int, accepted: int) -> None:
         """A round was judged: `accepted` of `proposed` drafts kept."""
         self.accepted += accepted
         self.rejected += accepted < proposed
-        self.predicted_ms += self.cost.round_ms(proposed, self.catch_up)
+
+    def stats(self) -> "DraftLengthStats":
+        return DraftLengthStats(dict(self.chosen), self.alpha)
+
+
+@dataclass
+class DraftLengthStats(MethodStats):
+    """A method with adaptive draft lengths (sps, mtad): what was chosen."""
+
+    drafts_chosen: dict[str, int] = field(default_factory=dict)  # draft length -> rounds; "0" = plain steps
+    alpha: float = 0.0  # the acceptance estimate at the end
+
+    @classmethod
+    def report(cls, runs: dict[str, list[dict[str, Any]]], results: dict[str, Any]) -> list[str]:
+        rows = []
+        for name, recs in runs.items():
+            chosen: dict[str, int] = {}
+            for r in recs:
+                for g, n in r["stats"]["method_stats"]["drafts_chosen"].items():
+                    chosen[g] = chosen.get(g, 0) + n
+            rounds = sum(chosen.values())
+            lengths = ", ".join(f"{g}: {n}" for g, n in sorted(chosen.items(), key=lambda kv: int(kv[0])))
+            rows.append([name, f"{chosen.get('0', 0) / rounds:.2f}" if rounds else "–", lengths])
+        return ["", "## Draft lengths chosen (auto)", "",
+                *table(["method", "share of plain steps", "draft length: rounds"], rows)]

@@ -15,22 +15,26 @@ from .warping import Sampling, next_token
 
 class CountingRunner:
     """A model's runner that counts its own forwards into the run's stats: the one place a
-    forward is counted. A forward is a pass that ends in the LM head: `forward`, or `head` for
-    a caller that runs the layers one by one (PPD's main stream). Everything else is the
-    runner's own."""
+    forward is counted. A forward is a pass that ends in the LM head: `forward` (recorded with
+    its size, batch x new positions, for the cost model), or `head` for a caller that runs the
+    layers one by one (PPD's main stream, whose time PPD predicts itself). Everything else is
+    the runner's own."""
 
-    def __init__(self, runner: Any, stats: DecodeStats, counter: str) -> None:
-        self.inner, self._stats, self._counter = runner, stats, counter
+    def __init__(self, runner: Any, stats: DecodeStats, model: str) -> None:
+        self.inner, self._stats, self._model = runner, stats, model
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def _count(self) -> None:
-        setattr(self._stats, self._counter, getattr(self._stats, self._counter) + 1)
+        counter = f"{self._model}_forwards"
+        setattr(self._stats, counter, getattr(self._stats, counter) + 1)
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, cache: Any, ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         self._count()
-        return self.inner.forward(*args, **kwargs)
+        new = ids if ids is not None else kwargs["embeds"]
+        self._stats.record_forward(self._model, new.shape[0] * new.shape[1])
+        return self.inner.forward(cache, ids, **kwargs)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         self._count()
@@ -52,8 +56,8 @@ class DecodeContext:
     draft_runner: CountingRunner | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.target_runner = CountingRunner(self.target.runner, self.stats, "target_forwards")
-        self.draft_runner = (CountingRunner(self.draft.runner, self.stats, "draft_forwards")
+        self.target_runner = CountingRunner(self.target.runner, self.stats, "target")
+        self.draft_runner = (CountingRunner(self.draft.runner, self.stats, "draft")
                              if self.draft is not None else None)
 
     def new_cache(self, model: Model, batch: int = 1, slack: int = 64) -> KVCache:

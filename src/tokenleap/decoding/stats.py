@@ -12,6 +12,11 @@
   node it verified as proposed and the accepted path as accepted, so `acceptance_rate` is
   always "kept / verified". `proposed_at[i]` / `accepted_at[i]` count rounds that offered /
   kept a draft at depth i + 1 (a tree offers its every depth once per round).
+- `forward_rows`: the forwards behind `target_forwards` / `draft_forwards` by size, {"target":
+  {rows: count}, "draft": {...}} (rows = batch x new positions), what the cost model prices.
+- `predicted_ms`: the cost model's time for this run (`models.cost.CostModel.predict_ms` over
+  `forward_rows`, set by the bench), or the method's own prediction where its time is not the
+  sum of its forwards (PPD: two threads).
 - `method_stats`: the method's own typed record (`PaSSStats`, `PPDStats`, ...), or None. The
   bench report reads it through the method (`MethodStats.report`), never by key names.
 """
@@ -49,6 +54,8 @@ class DecodeStats:
     accepted_hist: dict[int, int] = field(default_factory=dict)  # accepted drafts per round -> count
     wall_s: float = 0.0
     first_token_s: float | None = None
+    forward_rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    predicted_ms: float | None = None
     method_stats: MethodStats | None = None
     # Where the target ran: "cpu"/"cuda:0", "bf16"/"fp32"/"fp16", and its weight layout
     # ("dense", "onednn"; "hf" for the transformers forward).
@@ -69,6 +76,11 @@ class DecodeStats:
             self.proposed_at[i] += 1
             self.accepted_at[i] += i < accepted
         self.accepted_hist[accepted] = self.accepted_hist.get(accepted, 0) + 1
+
+    def record_forward(self, model: str, rows: int) -> None:
+        """One forward of `model` ("target" or "draft") over `rows` new rows."""
+        per = self.forward_rows.setdefault(model, {})
+        per[str(rows)] = per.get(str(rows), 0) + 1
 
     @property
     def tokens_per_s(self) -> float:

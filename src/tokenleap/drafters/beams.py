@@ -2,7 +2,9 @@
 
 W beams grow for gamma steps (a forward of batch 1, then gamma - 1 forwards of batch W). The
 chain method proposes the beam of largest draft joint Q; the tree method (`mtad-tree`) proposes
-every beam of every depth as one token tree.
+every beam of every depth as one token tree. With `length` (gamma=auto) each round's gamma comes
+from the cost model and the acceptance so far (`decoding.adaptive`), plain target steps
+included.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..decoding.adaptive import DraftLength
 from ..decoding.context import DecodeContext, uncached
 from ..decoding.warping import warp
 from .base import Draft
@@ -47,17 +50,21 @@ def draw(scores: torch.Tensor, k: int, greedy: bool, replacement: bool, gen: tor
 
 
 class BeamDrafter:
-    def __init__(self, ctx: DecodeContext, gamma: int, beam_width: int, without_replacement: bool) -> None:
-        self.ctx, self.gamma, self.width = ctx, gamma, beam_width
+    def __init__(self, ctx: DecodeContext, gamma: int, beam_width: int, without_replacement: bool,
+                 length: DraftLength | None = None) -> None:
+        self.ctx, self.gamma, self.width, self.length = ctx, gamma, beam_width, length
         self.replacement = not without_replacement
         self.cache = ctx.new_cache(ctx.draft)
         self.best: int | None = None  # the beam proposed as a chain, None after a tree
+        self.proposed = 0
 
     def max_drafts(self, room: int) -> int:
+        if self.length:
+            return self.length.choose(room)
         # A block is gamma tokens and the target adds one: too close to the end, plain steps.
         return self.gamma if room > self.gamma else 0
 
-    def sample(self, seq: list[int]) -> Beams:
+    def sample(self, seq: list[int], gamma: int) -> Beams:
         """Score of extending beam i by v: S(i, v) = w_i * q(v | c, beam_i); W pairs are drawn from
         the normalised S, beams and their cache rows are reordered by parent, and weights
         renormalised proportionally (w / sum w). Greedy: q is the untempered draft softmax and
@@ -78,7 +85,7 @@ class BeamDrafter:
                       history=[(first, q[first].log(), root)])
         context = len(seq)  # positions before it agree in every row; only the beams' own get reordered
         cache.select_rows(torch.zeros(len(first), dtype=torch.long), start=context)
-        for _ in range(1, self.gamma):
+        for _ in range(1, gamma):
             q = dist(runner.forward(cache, beams.tokens[:, -1:])[:, -1])  # [W, V]
             scores = (beams.weights[:, None] * q).flatten()
             picked = draw(scores / scores.sum(), self.width, greedy, self.replacement, ctx.generator)
@@ -95,20 +102,22 @@ class BeamDrafter:
         return beams
 
     def propose(self, seq: list[int], n: int) -> Draft:
-        """The block of the beam with the largest draft joint Q among the survivors."""
-        beams = self.sample(seq)
-        self.best = int(beams.weights.argmax())
+        """The block of n tokens of the beam with the largest draft joint Q among the survivors."""
+        beams = self.sample(seq, n)
+        self.best, self.proposed = int(beams.weights.argmax()), n
         return Draft(beams.tokens[self.best].tolist(), logq=beams.logq[self.best])
 
-    def propose_tree(self, seq: list[int]) -> list[Node]:
-        """Every beam of every depth, as a token tree (`beam_tree`)."""
-        self.best = None
-        return beam_tree(self.sample(seq))
+    def propose_tree(self, seq: list[int], n: int) -> list[Node]:
+        """Every beam of every depth up to n, as a token tree (`beam_tree`)."""
+        self.best, self.proposed = None, n
+        return beam_tree(self.sample(seq, n))
 
     def commit(self, seq: list[int], valid: int) -> None:
         """Every row becomes the proposed beam up to `valid` positions (positions before the
         round's context agree in every row already, so only the beam's own are copied). After a
         tree, rows hold different beams: keep the context only."""
+        if self.length:
+            self.length.update(self.proposed, valid - len(seq))
         self.cache.rollback(min(self.cache.length, valid if self.best is not None else len(seq)))
         if self.best is not None:
             rows = torch.full((self.cache.batch,), self.best, dtype=torch.long)

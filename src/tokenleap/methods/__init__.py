@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from ..decoding.adaptive import DraftLengthStats
 from ..decoding.stats import MethodStats
 from ..errors import TokenleapError
 from ..options import build
@@ -40,11 +41,13 @@ METHODS: dict[str, MethodSpec] = {
     "ar": MethodSpec("ar", ar.decode, ar.AROptions, needs_draft=False, lossless=True,
                      description="autoregressive decoding (greedy or sampling)"),
     "sps": MethodSpec("sps", sps.decode, sps.SPSOptions, needs_draft=True, lossless=True,
-                      description="speculative sampling with a draft model", stats=sps.SPSStats),
+                      description="speculative sampling with a draft model", stats=DraftLengthStats),
     "mtad": MethodSpec("mtad", mtad.decode, mtad.MTADOptions, needs_draft=True, lossless=False,
-                       description="multi-token assisted decoding: beam-sampled draft, joint acceptance"),
+                       description="multi-token assisted decoding: beam-sampled draft, joint acceptance",
+                       stats=DraftLengthStats),
     "mtad-tree": MethodSpec("mtad-tree", mtad.decode_tree, mtad.MTADOptions, needs_draft=True, lossless=False,
-                            description="MTAD with the whole beam tree verified in one forward"),
+                            description="MTAD with the whole beam tree verified in one forward",
+                            stats=DraftLengthStats),
     "pld": MethodSpec("pld", pld.decode, pld.PLDOptions, needs_draft=False, lossless=True,
                       description="prompt lookup decoding: drafts copied from earlier text, no draft model"),
     "pass": MethodSpec("pass", pass_.decode, pass_.PaSSOptions, needs_draft=False, lossless=True,

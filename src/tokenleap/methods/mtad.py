@@ -6,6 +6,11 @@ worse than the draft's (`decoding.accept.joint_prefix`):
     L_i = sum_{j<=i} (log p(x_j|...) - log q_j);  accept n = max{i : L_i > log tau} (0 if none),
 then emits one extra token y ~ p(.|c, x_1..x_n). Not lossless: it trades exactness for
 higher-likelihood blocks. `mtad-tree` verifies every beam of every depth in one forward.
+
+gamma=0 (the default) chooses each round's block length from this machine's measured costs
+(W draft rows per step, the verified rows) and the acceptance so far (`decoding.adaptive`):
+plain target steps when no block pays, which on a machine where drafting cannot win is `ar`.
+The claims setting of the paper is gamma=4.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Iterator
 import torch
 
 from ..decoding import accept
+from ..decoding.adaptive import DraftLength
 from ..decoding.cache import KVCache
 from ..decoding.context import DecodeContext
 from ..decoding.speculate import chain_step, speculative_decode
@@ -23,15 +29,25 @@ from ..decoding.verify import tree_depths, verify_tree
 from ..decoding.warping import pick, warp
 from ..drafters.base import Draft
 from ..drafters.beams import BeamDrafter
+from ..models.cost import CostModel
+from ..errors import TokenleapError
 from ..options import Options, option
+
+AUTO_MOST = 8  # gamma=auto drafts at most this many per round
 
 
 @dataclass
 class MTADOptions(Options):
-    gamma: int = option(4, "block length drafted per round", minimum=2)
+    gamma: int = option(0, "block length drafted per round; 0 = auto: chosen every round from this machine's "
+                           "measured forward costs and the acceptance so far (plain steps when no block pays)",
+                        minimum=0)
     beam_width: int = option(4, "W, the beams drawn per draft step", minimum=1)
     tau: float = option(0.5, "acceptance threshold on the joint likelihood ratio P/Q", above=0)
     without_replacement: bool = option(False, "draw the W beams without replacement")
+
+    def check(self) -> None:
+        if self.gamma == 1:
+            raise TokenleapError("gamma must be 0 (auto) or a block of 2 or more tokens, got 1")
 
 
 def joint_rule(ctx: DecodeContext):
@@ -49,7 +65,7 @@ def joint_rule(ctx: DecodeContext):
 def tree_step(ctx: DecodeContext, seq: list[int], cache: KVCache, drafter: BeamDrafter, n: int) -> list[int]:
     """MMTAD: all beams of every depth form a token tree verified in one target forward; the
     deepest passing node (`accept.joint_tree`) is accepted and the extra token drawn there."""
-    nodes = drafter.propose_tree(seq)
+    nodes = drafter.propose_tree(seq, n)
     tokens, parents = [node.token for node in nodes], [node.parent for node in nodes]
     start, n_tail = cache.length, len(seq) - cache.length
     p = warp(verify_tree(ctx.target_runner, cache, seq, tokens, parents), ctx.sampling)
@@ -66,18 +82,28 @@ def tree_step(ctx: DecodeContext, seq: list[int], cache: KVCache, drafter: BeamD
     return [tokens[k] for k in path] + [extra]
 
 
-def _drafter(ctx: DecodeContext) -> BeamDrafter:
+def _drafter(ctx: DecodeContext, tree: bool) -> BeamDrafter:
     opts = ctx.options
-    return BeamDrafter(ctx, opts.gamma, opts.beam_width, opts.without_replacement)
+    length = (DraftLength(CostModel.of(ctx.target, ctx.draft), AUTO_MOST, least=2, width=opts.beam_width,
+                          tree=tree)
+              if opts.gamma == 0 else None)
+    return BeamDrafter(ctx, opts.gamma, opts.beam_width, opts.without_replacement, length)
 
 
-def _slack(ctx: DecodeContext) -> int:
-    return 64 + ctx.options.gamma * ctx.options.beam_width  # room for a whole tree fed at once
+def _decode(ctx: DecodeContext, tree: bool) -> Iterator[list[int]]:
+    drafter = _drafter(ctx, tree)
+    step = tree_step if tree else chain_step(joint_rule(ctx))
+    slack = 64 + (ctx.options.gamma or AUTO_MOST) * ctx.options.beam_width  # room for a whole tree fed at once
+    try:
+        yield from speculative_decode(ctx, drafter, step, slack=slack)
+    finally:  # also when the driver stops early
+        if drafter.length is not None:
+            ctx.stats.method_stats = drafter.length.stats()
 
 
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:
-    return speculative_decode(ctx, _drafter(ctx), chain_step(joint_rule(ctx)), slack=_slack(ctx))
+    return _decode(ctx, tree=False)
 
 
 def decode_tree(ctx: DecodeContext) -> Iterator[list[int]]:
-    return speculative_decode(ctx, _drafter(ctx), tree_step, slack=_slack(ctx))
+    return _decode(ctx, tree=True)

@@ -29,6 +29,18 @@ where it would need to predict from an unverified token; it does not. It keeps i
 state, and once promoted (already deeper than d) it spawns the next branch at once from that
 state. The branch waits, layer by layer, for main's K/V of the same layer when it catches up.
 
+Whether to run the branch at all (branch=auto, the default). On two cores each worker has one
+intra-op thread, so a pipelined token costs its main-stream layers at the one-thread step cost
+c1, while a plain step on the caller's thread has both cores (c2, `ar`'s cost). With match
+rate p the spec's model gives l - p (l - d - h) main-stream layers per token, so the branch
+pays when (1 - p (1 - (d+h)/l)) c1 < c2. p is estimated online (matches / branches judged,
+from a mild prior); while the branch does not pay, tokens are plain steps on all threads, and
+every EXPLORE_EVERY-th token pipelines anyway, if at p = 1 it could pay, to notice a text where
+the exit head starts to agree. Either way every token is the main stream's argmax: exact.
+(workers=1 runs the branch after main on the same threads: it never pays.) c1 and c2 are
+measured once per machine (`models.cost`); the run's predicted time
+(`DecodeStats.predicted_ms`) is its schedule priced with them.
+
 Latency model (`simulate`): unit time per layer, free extra compute, exit head h layer-units on
 the branch; `simulate_latency` replays this schedule from the realised matches. For d >= l/2
 it equals sum(match ? d+h : l) exactly; for d < l/2 a promoted stream is past its exit, so
@@ -45,8 +57,10 @@ from typing import Iterator
 
 import torch
 
+from ..decoding.adaptive import EXPLORE_EVERY
 from ..decoding.context import DecodeContext
 from ..errors import TokenleapError
+from ..models.cost import CostModel, interpolate, one_thread_ms
 from ..models.early_exit import exit_head
 from ..models.layered import StopForward
 from ..options import Options, option
@@ -63,7 +77,11 @@ class PPDOptions(Options):
                                "shared, trained or a path to trained heads")
     workers: int = option(2, "2 = main and branch on two threads; 1 = the same work one after the other",
                           minimum=1, maximum=2)
-    simulate: bool = option(False, "also report the tick simulator's latency (layer units) beside the measured one")
+    branch: str = option("auto", "run the branch: always, or auto = only while the cost model says it pays "
+                                 "(else plain steps on every thread, exploring now and then)",
+                         choices=("auto", "always"))
+    simulate: bool = option(False, "also report the tick simulator's latency (layer units) beside the measured one "
+                                   "(the branch then runs for every token)")
     head_cost: float = option(-1.0, "h for the simulator, in layer units; -1 = from the head's size")
 
     def check(self) -> None:  # head_cost: -1, or any h >= 0
@@ -71,6 +89,9 @@ class PPDOptions(Options):
             raise TokenleapError(f"head_cost must be >= 0 (or -1 = estimate), got {self.head_cost}")
         if not self.head:
             raise TokenleapError("head must be auto, shared, trained or a path to trained heads")
+
+
+PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # a prior match rate of 0.6 worth two branches
 
 
 # -- the pipeline --------------------------------------------------------------------------
@@ -138,7 +159,15 @@ class Pipeline:
         self.l, self.d, self.k = self.layers.num_layers, self.head.layer, opts.candidates
         self.h = self.head.cost if opts.head_cost < 0 else opts.head_cost
         self.matches: list[bool] = []
-        self.counts = dict(tokens=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
+        self.always = opts.branch == "always" or opts.simulate
+        # The costs the auto choice and the prediction use: a one-row step with every thread
+        # (a plain step, `ar`) and with one (each worker's), and the curve (prefill, k rows).
+        self.curve = CostModel.of(ctx.target).curve
+        self.c2 = interpolate(self.curve, 1)
+        self.c1 = one_thread_ms(ctx.target) if opts.workers == 2 else self.c2
+        self.plain_run = 0
+        self.predicted_ms = 0.0
+        self.counts = dict(tokens=0, plain=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
                            branch_layers_max=0)
         self.times = dict(main=0.0, main_head=0.0, branch=0.0, exit_head=0.0, wait=0.0, promote=0.0)
         self._live: list[_Branch] = []  # launched, not yet released
@@ -233,6 +262,28 @@ class Pipeline:
             self.counts["released"] += 1
 
     # -- the loop --------------------------------------------------------------------------
+    def _pipelined(self) -> bool:
+        """Run this token's branch? (Always with branch=always; else as the model-level docstring says.)"""
+        if self.always:
+            return True
+        p = (sum(self.matches) + PRIOR_MATCHES) / (len(self.matches) + PRIOR_MATCHES + PRIOR_MISSES)
+        if self._branch_ms(p) < self.c2:
+            return True
+        return self.plain_run + 1 >= EXPLORE_EVERY and self._branch_ms(1.0) < self.c2
+
+    def _branch_ms(self, p: float) -> float:
+        """A pipelined token's expected time at match rate p: its main stream (the spec's model);
+        with workers=1 also the branch's l-d layers over k rows, run after it."""
+        main = (1.0 - p * (1.0 - (self.d + self.h) / self.l)) * self.c1
+        return main if self.pools else main + (self.l - self.d) / self.l * interpolate(self.curve, self.k)
+
+    def _price(self, s: _Stream, pipelined: bool) -> None:
+        """Add this token's main stream to the predicted time: its layers at c1 pipelined (c2
+        plain), a whole prompt at the curve's cost for its rows."""
+        rows = s.ids.shape[1] if s.ids is not None else 1
+        step = interpolate(self.curve, rows) * (self.c1 / self.c2 if pipelined else 1.0)
+        self.predicted_ms += step * (self.l - s.done) / self.l
+
     def tokens(self) -> Iterator[int]:
         ctx = self.ctx
         seq = list(ctx.prompt_ids)
@@ -240,18 +291,24 @@ class Pipeline:
         while ctx.room(seq) > 0:
             pos = len(seq)  # the position of the token this stream emits
             progress = _Progress(stream.done)
-            branch = _Branch(pos, progress) if ctx.room(seq) > 1 else None
-            if self.pools:
+            pipelined = ctx.room(seq) > 1 and self._pipelined()
+            branch = _Branch(pos, progress) if pipelined else None
+            self._price(stream, pipelined and bool(self.pools))
+            if branch is None:  # a plain step, on the caller's thread with all its threads
+                token = self._main(stream, progress, None)
+                self.counts["plain"] += 1
+                self.plain_run += 1
+            elif self.pools:
                 token = self.pools[0].submit(self._main, stream, progress, branch).result()
-            else:
+            else:  # workers=1: the branch after main, on the same threads
                 token = self._main(stream, progress, branch)
-                if branch is not None:
-                    hd, branch.hd = branch.hd, None
-                    self._branch(branch, hd)
+                hd, branch.hd = branch.hd, None
+                self._branch(branch, hd)
             self.layers.commit(pos)  # every position before `pos` is now verified and in the cache
             self.counts["tokens"] += 1
             stream = None
             if branch is not None:
+                self.plain_run = 0
                 t0 = time.perf_counter()
                 branch.ready.wait()
                 match = token in branch.candidates
@@ -295,12 +352,13 @@ class Pipeline:
         stats = PPDStats(
             exit_layer=self.d, layers=self.l, candidates=self.k, head_trained=self.head.kind == "trained",
             head_cost=self.h, workers=self.opts.workers, branches=c["branches"], matches=matches,
-            match_rate=matches / len(self.matches) if self.matches else 0.0,
+            judged=len(self.matches), match_rate=matches / len(self.matches) if self.matches else 0.0,
             promoted_layers_mean=c["layers_promoted"] / matches if matches else 0.0,
             layers_main=c["layers_main"], layers_promoted=c["layers_promoted"], layers_branch=c["layers_branch"],
             branch_layers_max=c["branch_layers_max"], scratch_live=len(self._live), scratch_released=c["released"],
             main_s=t["main"], branch_s=t["branch"], exit_head_s=t["exit_head"], wait_s=t["wait"],
-            promote_s=t["promote"], layer_ms=1e3 * layer_s)
+            promote_s=t["promote"], layer_ms=1e3 * layer_s, plain_steps=c["plain"], step_ms=self.c2,
+            step_ms_one_thread=self.c1)
         if self.opts.simulate and c["tokens"]:
             stats.sim_units = sum(simulate_latency(self.l, self.d, self.h, self.matches, c["tokens"]))
             stats.model_units = self.l + sum(self.d + self.h if m else self.l for m in self.matches[: c["tokens"] - 1])
@@ -310,6 +368,9 @@ class Pipeline:
             stats.measured_head_cost = head_s / layer_s if layer_s else 0.0
             stats.sim_s = stats.sim_units * layer_s + t["main_head"]
         self.ctx.stats.method_stats = stats
+        # workers=1 also runs every branch layer (k rows) after main, on the same threads.
+        branch_ms = 0.0 if self.pools else c["layers_branch"] * interpolate(self.curve, self.k) / self.l
+        self.ctx.stats.predicted_ms = self.predicted_ms + branch_ms
 
 
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:

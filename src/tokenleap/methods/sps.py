@@ -14,16 +14,14 @@ pay; the choice depends only on past rounds, so the rule above stays lossless.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 from ..decoding import accept
 from ..decoding.adaptive import DraftLength
 from ..decoding.context import DecodeContext
 from ..decoding.speculate import chain_step, speculative_decode
-from ..decoding.stats import MethodStats
 from ..drafters.draft_model import DraftModelDrafter
-from ..markdown import fmt, table
 from ..models.cost import CostModel
 from ..options import Options, option
 
@@ -40,35 +38,6 @@ class SPSOptions(Options):
                                     "this probability; 0 = always draft gamma", minimum=0, below=1)
 
 
-@dataclass
-class SPSStats(MethodStats):
-    """With gamma=auto: what was chosen, and what the cost model predicted for it."""
-
-    drafts_chosen: dict[str, int] = field(default_factory=dict)  # draft length -> rounds; "0" = plain steps
-    alpha: float = 0.0  # the acceptance estimate at the end
-    predicted_ms: float = 0.0  # the cost model's time for the steps taken
-    target_ms: float = 0.0  # its one-row target forward (what `ar` pays per token)
-
-    @classmethod
-    def report(cls, runs: dict[str, list[dict[str, Any]]], results: dict[str, Any]) -> list[str]:
-        rows = []
-        for name, recs in runs.items():
-            figures = [r["stats"]["method_stats"] for r in recs]
-            predicted = sum(f["predicted_ms"] for f in figures)
-            ar_ms = sum(r["tokens"] * f["target_ms"] for r, f in zip(recs, figures))
-            chosen: dict[str, int] = {}
-            for f in figures:
-                for g, n in f["drafts_chosen"].items():
-                    chosen[g] = chosen.get(g, 0) + n
-            lengths = ", ".join(f"{g}: {n}" for g, n in sorted(chosen.items(), key=lambda kv: int(kv[0])))
-            rows.append([name, fmt(ar_ms / predicted if predicted else None), fmt(results["summary"][name]["speedup"]),
-                         lengths])
-        return ["", "## Cost model: predicted vs measured", "",
-                "Predicted: `ar`'s one-row forwards for the same tokens over the cost model's time for the "
-                "steps taken (measured forward costs, realised acceptance); measured: tok/s against `ar`.", "",
-                *table(["method", "predicted speedup", "measured speedup", "draft lengths chosen (rounds)"], rows)]
-
-
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:
     opts = ctx.options
     length = DraftLength(CostModel.of(ctx.target, ctx.draft), AUTO_MOST) if opts.gamma == 0 else None
@@ -78,5 +47,4 @@ def decode(ctx: DecodeContext) -> Iterator[list[int]]:
         yield from speculative_decode(ctx, drafter, rule)
     finally:  # also when the driver stops early (EOS, a stop string, a cancelled stream)
         if length is not None:
-            ctx.stats.method_stats = SPSStats(dict(length.chosen), length.alpha, length.predicted_ms,
-                                              length.cost.target_ms(1))
+            ctx.stats.method_stats = length.stats()

@@ -14,7 +14,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -22,6 +22,9 @@ from .hardware import synchronize
 from .kernels import choice_key, read_json_cache, write_json_cache
 from .loading import Model
 from .registry import cache_home
+
+if TYPE_CHECKING:
+    from ..decoding.stats import DecodeStats
 
 CURVE_ROWS = (1, 2, 4, 8, 16)
 
@@ -103,6 +106,25 @@ def measured_curve(model: Model) -> dict[int, float]:
     return model.memo(("cost-curve",), measure)
 
 
+def one_thread_ms(model: Model) -> float:
+    """A one-row decoding step on one intra-op thread (what each of PPD's two workers runs
+    with): from costs.json, else measured now and written there; kept by the model."""
+    def measure() -> float:
+        key = "step-1thread|" + cost_key(model)
+        cached = read_json_cache(costs_file()).get(key)
+        if not cached:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                cached = {"1": round(forward_ms(model, 1, rounds=10, then=_pick_per_row), 3)}
+            finally:
+                torch.set_num_threads(threads)
+            write_json_cache(costs_file(), key, cached)
+        return float(cached["1"])
+
+    return model.memo(("cost-1thread",), measure)
+
+
 def interpolate(curve: dict[int, float], rows: int) -> float:
     """A cost curve's milliseconds at `rows`: linear between its points and beyond the last two."""
     xs = sorted(curve)
@@ -134,10 +156,31 @@ class CostModel:
     def target_ms(self, rows: int) -> float:
         return interpolate(self.curve, rows)
 
-    def round_ms(self, drafts: int, catch_up: int = 0) -> float:
-        """A speculative round: `drafts` draft steps (the first one over catch_up + 1 rows), then
-        one target forward over drafts + 1 rows."""
-        ms = drafts * self.draft_ms + self.target_ms(drafts + 1)
-        if drafts and catch_up and self.draft_curve:
-            ms += interpolate(self.draft_curve, catch_up + 1) - self.draft_ms
-        return ms
+    def draft_rows_ms(self, rows: int) -> float:
+        """A draft forward over `rows` rows (its one-row step without a curve of its own)."""
+        return interpolate(self.draft_curve, rows) if self.draft_curve else self.draft_ms * rows
+
+    def round_ms(self, drafts: int, catch_up: int = 0, width: int = 1, verified: int | None = None) -> float:
+        """A speculative round: `drafts` draft steps over `width` rows each (MTAD's beams; the
+        first one also feeds the catch_up tokens the draft sat out, in every row), then one
+        target forward over `verified` rows (default drafts + 1: a chain and its pending token)."""
+        if not drafts:
+            return self.target_ms(1)
+        ms = self.target_ms(drafts + 1 if verified is None else verified)
+        if width == 1 and not catch_up:
+            return ms + drafts * self.draft_ms
+        return ms + self.draft_rows_ms(width * (catch_up + 1)) + (drafts - 1) * self.draft_rows_ms(width)
+
+    def predict_ms(self, forward_rows: dict[str, dict[str, int]]) -> float:
+        """The time of a run's forwards (`DecodeStats.forward_rows`): each priced on its curve."""
+        curves = {"target": self.target_ms, "draft": self.draft_rows_ms}
+        return sum(curves[model](int(rows)) * n for model, per in forward_rows.items() for rows, n in per.items())
+
+
+def predicted_ms(stats: "DecodeStats", target: Model, draft: Model | None = None) -> float | None:
+    """The cost model's time for a finished run: the method's own prediction where it made one
+    (PPD), else its forwards priced on the measured curves. None for a run with no forwards on
+    record (an anchor: HF generate, llama.cpp)."""
+    if stats.predicted_ms is not None or not stats.forward_rows:
+        return stats.predicted_ms
+    return CostModel.of(target, draft if "draft" in stats.forward_rows else None).predict_ms(stats.forward_rows)
