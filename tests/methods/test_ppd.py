@@ -251,7 +251,8 @@ def priced(model, curve, one_thread_ms):
     """A copy of `model` whose cost model reads these step costs (ms) instead of measuring them."""
     model = dataclasses.replace(model, eos_token_ids=frozenset({32}))  # and no EOS: every run is max_new_tokens
     model.memo(("cost-curve",), lambda: curve)
-    model.memo(("cost-1thread",), lambda: one_thread_ms)
+    for k in (1, 3):  # the one-thread cost beside k branch rows (the candidates these tests run)
+        model.memo(("cost-1thread", k), lambda: one_thread_ms)
     return model
 
 
@@ -281,10 +282,10 @@ def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(t
                            exit_layer=3, head_cost=0.0)
     assert r.token_ids == expected and r.stats.method_stats.plain_steps == 1  # the last token: no room
     # One thread at 1.6x: the branch pays only above p = 0.75 (l=6, d=3, h=0: (1 - p/2) 16 < 10), which
-    # one match in a few never lifts the estimate to (1 of 3 here); at p = 1 it would pay, so every
-    # EXPLORE_EVERY-th token is pipelined anyway.
+    # one match in a few never lifts the estimate to; at p = 1 it would pay, so a token is pipelined
+    # anyway after EXPLORE_EVERY plain steps, then after twice as many: tokens 8 and 24 of 30.
     r = tokenleap.generate(prompt_ids, method="ppd", model=priced(model, FLAT, 16.0), max_new_tokens=30,
                            exit_layer=3, head_cost=0.0, candidates=1)
     e = r.stats.method_stats
     assert r.token_ids == expected and e.match_rate < 0.5
-    assert e.branches == e.judged == 30 // EXPLORE_EVERY and e.plain_steps == 30 - e.branches
+    assert e.branches == e.judged == 2 and e.plain_steps == 28 and EXPLORE_EVERY == 8

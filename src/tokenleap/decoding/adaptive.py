@@ -9,9 +9,11 @@ honest on a machine or text where drafting does not pay. alpha is estimated onli
 request, from the rounds so far (accepted drafts / (accepted drafts + rejections), from a mild
 prior), so the choice depends only on the past: a lossless method stays lossless.
 
-While plain steps win, every EXPLORE_EVERY-th step is a round anyway, so that a text where
-drafts start to agree (a quote, code being repeated) is noticed; but only when drafting could
-pay at all, i.e. with every draft accepted. When it could not (the draft costs nearly what the
+While plain steps win, a round is tried anyway after EXPLORE_EVERY plain steps, so that a text
+where drafts start to agree (a quote, code being repeated) is noticed; each try after which
+plain steps still win doubles the wait (`Exploration`: a text that keeps not paying costs a
+few tries, not one in eight steps). Only when drafting could pay at all, i.e. with every draft
+accepted. When it could not (the draft costs nearly what the
 target does, as a quantized copy of a small bf16 model can), exploring only loses time. A
 round after plain steps also pays the draft's catch-up: it feeds the tokens it sat out in one
 forward over that many rows (on this CPU an int8 draft over 9 rows costs ~2 one-row steps).
@@ -33,6 +35,25 @@ PRIOR_ACCEPTED, PRIOR_REJECTED = 1.2, 0.8  # a prior alpha of 0.6 worth two draf
 EXPLORE_EVERY = 8
 
 
+@dataclass
+class Exploration:
+    """When to try the method anyway while plain steps win (sps, mtad, ppd): after `every` plain
+    steps in a row, twice as many after each such try, back to EXPLORE_EVERY once the method
+    wins on its own estimate."""
+
+    every: int = EXPLORE_EVERY
+
+    def due(self, plain_run: int) -> bool:
+        """This would be plain step number plain_run + 1 in a row: try the method instead?"""
+        return plain_run + 1 >= self.every
+
+    def tried(self) -> None:
+        self.every *= 2
+
+    def won(self) -> None:
+        self.every = EXPLORE_EVERY
+
+
 def expected_tokens(alpha: float, drafts: int) -> float:
     """Tokens a round of `drafts` drafts yields on average (the accepted ones, plus one)."""
     return drafts + 1.0 if alpha >= 1 else (1 - alpha ** (drafts + 1)) / (1 - alpha)
@@ -50,6 +71,7 @@ class DraftLength:
     plain_run: int = 0  # plain steps in a row
     chosen: dict[str, int] = field(default_factory=dict)  # draft length -> rounds (0 = plain steps)
     catch_up: int = 0  # plain steps before the round being judged (the draft's catch-up)
+    exploration: Exploration = field(default_factory=Exploration)
 
     @property
     def alpha(self) -> float:
@@ -71,11 +93,14 @@ class DraftLength:
         lengths = [0] + list(range(self.least, min(self.most, room - 1) + 1))
         best = max(lengths, key=self.tokens_per_ms)
         plain = self.tokens_per_ms(0)
-        if (best == 0 and len(lengths) > 1 and self.plain_run + 1 >= EXPLORE_EVERY
-                # With the catch-up of an exploration on schedule: were it too dear then, it
-                # always would be (a longer plain run only lengthens it).
+        if best:
+            self.exploration.won()
+        elif (len(lengths) > 1 and self.exploration.due(self.plain_run)
+                # With the catch-up of the first exploration: were it too dear then, it always
+                # would be (a longer plain run only lengthens it).
                 and any(self.tokens_per_ms(g, 1.0, EXPLORE_EVERY - 1) > plain for g in lengths[1:])):
             best = max(lengths[1:], key=self.tokens_per_ms)
+            self.exploration.tried()
         self.catch_up = self.plain_run  # what this round's first draft step feeds first
         self.plain_run = self.plain_run + 1 if best == 0 else 0
         self.chosen[str(best)] = self.chosen.get(str(best), 0) + 1

@@ -34,12 +34,13 @@ intra-op thread, so a pipelined token costs its main-stream layers at the one-th
 c1, while a plain step on the caller's thread has both cores (c2, `ar`'s cost). With match
 rate p the spec's model gives l - p (l - d - h) main-stream layers per token, so the branch
 pays when (1 - p (1 - (d+h)/l)) c1 < c2. p is estimated online (matches / branches judged,
-from a mild prior); while the branch does not pay, tokens are plain steps on all threads, and
-every EXPLORE_EVERY-th token pipelines anyway, if at p = 1 it could pay, to notice a text where
-the exit head starts to agree. Either way every token is the main stream's argmax: exact.
-(workers=1 runs the branch after main on the same threads: it never pays.) c1 and c2 are
-measured once per machine (`models.cost`); the run's predicted time
-(`DecodeStats.predicted_ms`) is its schedule priced with them.
+from a mild prior); while the branch does not pay, tokens are plain steps on all threads, now
+and then pipelined anyway (`decoding.adaptive.Exploration`: after 8 plain steps, then 16, ...),
+if at p = 1 it could pay, to notice a text where the exit head starts to agree. Either way every token is the main stream's argmax: exact.
+(workers=1 runs the branch after main on the same threads: it never pays.) c1 (with k-row
+forwards running beside it, as the branch does) and c2 are measured once per machine
+(`models.cost`); the run's predicted time (`DecodeStats.predicted_ms`) is its schedule priced
+with them.
 
 Latency model (`simulate`): unit time per layer, free extra compute, exit head h layer-units on
 the branch; `simulate_latency` replays this schedule from the realised matches. For d >= l/2
@@ -57,7 +58,7 @@ from typing import Iterator
 
 import torch
 
-from ..decoding.adaptive import EXPLORE_EVERY
+from ..decoding.adaptive import Exploration
 from ..decoding.context import DecodeContext
 from ..errors import TokenleapError
 from ..models.cost import CostModel, interpolate, one_thread_ms
@@ -164,8 +165,9 @@ class Pipeline:
         # (a plain step, `ar`) and with one (each worker's), and the curve (prefill, k rows).
         self.curve = CostModel.of(ctx.target).curve
         self.c2 = interpolate(self.curve, 1)
-        self.c1 = one_thread_ms(ctx.target) if opts.workers == 2 else self.c2
+        self.c1 = one_thread_ms(ctx.target, opts.candidates) if opts.workers == 2 else self.c2
         self.plain_run = 0
+        self.exploration = Exploration()
         self.predicted_ms = 0.0
         self.counts = dict(tokens=0, plain=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
                            branch_layers_max=0)
@@ -268,8 +270,12 @@ class Pipeline:
             return True
         p = (sum(self.matches) + PRIOR_MATCHES) / (len(self.matches) + PRIOR_MATCHES + PRIOR_MISSES)
         if self._branch_ms(p) < self.c2:
+            self.exploration.won()
             return True
-        return self.plain_run + 1 >= EXPLORE_EVERY and self._branch_ms(1.0) < self.c2
+        if self.exploration.due(self.plain_run) and self._branch_ms(1.0) < self.c2:
+            self.exploration.tried()
+            return True
+        return False
 
     def _branch_ms(self, p: float) -> float:
         """A pipelined token's expected time at match rate p: its main stream (the spec's model);
@@ -369,7 +375,7 @@ class Pipeline:
             stats.sim_s = stats.sim_units * layer_s + t["main_head"]
         self.ctx.stats.method_stats = stats
         # workers=1 also runs every branch layer (k rows) after main, on the same threads.
-        branch_ms = 0.0 if self.pools else c["layers_branch"] * interpolate(self.curve, self.k) / self.l
+        branch_ms = 0.0 if self.opts.workers == 2 else c["layers_branch"] * interpolate(self.curve, self.k) / self.l
         self.ctx.stats.predicted_ms = self.predicted_ms + branch_ms
 
 

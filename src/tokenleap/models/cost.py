@@ -11,7 +11,9 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -106,23 +108,49 @@ def measured_curve(model: Model) -> dict[int, float]:
     return model.memo(("cost-curve",), measure)
 
 
-def one_thread_ms(model: Model) -> float:
-    """A one-row decoding step on one intra-op thread (what each of PPD's two workers runs
-    with): from costs.json, else measured now and written there; kept by the model."""
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def one_thread_ms(model: Model, beside: int = 3) -> float:
+    """A one-row decoding step on one intra-op thread while another thread runs `beside`-row
+    forwards: what PPD's main stream costs, its branch sharing the machine's memory bandwidth
+    and the interpreter (alone on an idle core it is ~10% cheaper here). From costs.json, else
+    measured now (a second or two) and written there; kept by the model."""
     def measure() -> float:
-        key = "step-1thread|" + cost_key(model)
+        key = f"step-1thread-beside-{beside}|" + cost_key(model)
         cached = read_json_cache(costs_file()).get(key)
         if not cached:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                cached = {"1": round(forward_ms(model, 1, rounds=10, then=_pick_per_row), 3)}
-            finally:
-                torch.set_num_threads(threads)
+            cached = {"1": round(_contended_ms(model, beside), 3)}
             write_json_cache(costs_file(), key, cached)
         return float(cached["1"])
 
-    return model.memo(("cost-1thread",), measure)
+    return model.memo(("cost-1thread", beside), measure)
+
+
+@torch.no_grad()
+def _contended_ms(model: Model, beside: int) -> float:
+    threads = torch.get_num_threads()  # initialises the caller's pool before the workers start
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, initializer=_one_thread) as timed, \
+            ThreadPoolExecutor(1, initializer=_one_thread) as other:
+        def busy() -> None:
+            runner = model.runner
+            cache = runner.new_cache(1, 256 + beside + 8)
+            runner.forward(cache, torch.zeros(1, 256, dtype=torch.long, device=runner.device))
+            new = torch.zeros(1, beside, dtype=torch.long, device=runner.device)
+            while not stop.is_set():
+                runner.forward(cache, new)
+                cache.rollback(256)
+
+        load = other.submit(busy)
+        try:
+            ms = timed.submit(forward_ms, model, 1, 256, 10, _pick_per_row).result()
+        finally:
+            stop.set()
+            load.result()
+    torch.set_num_threads(threads)  # set_num_threads in a worker also changes new threads' default
+    return ms
 
 
 def interpolate(curve: dict[int, float], rows: int) -> float:
