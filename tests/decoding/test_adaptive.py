@@ -7,7 +7,7 @@ import pytest
 import tokenleap
 from reference import hf_greedy
 from tokenleap.decoding.adaptive import EXPLORE_EVERY, DraftLength, expected_tokens
-from tokenleap.models.cost import CostModel, measured_curve, predicted_ms
+from tokenleap.models.cost import CostModel, forward_curve, measured_curve, predicted_ms
 
 FLAT = {1: 10.0, 2: 10.0, 4: 10.5, 8: 11.0, 16: 12.0}  # memory-bound: rows are nearly free
 
@@ -90,3 +90,21 @@ def test_a_round_after_plain_steps_pays_the_drafts_catch_up():
         assert length.choose(room=100) == 0
     assert length.choose(room=100) > 0 and length.catch_up == EXPLORE_EVERY - 1
     assert length.round_ms(1, EXPLORE_EVERY - 1) == pytest.approx(4.5 + 10.0)  # the catch-up is the draft step
+
+
+def test_beam_steps_are_priced_on_the_batch_curve_and_runs_by_their_forwards_shapes():
+    draft_curve = {1: 1.0, 4: 2.0, 16: 5.0}
+    cost = CostModel(FLAT, draft_ms=1.0, draft_curve=draft_curve, draft_batch={2: 1.5, 4: 3.0, 8: 6.0})
+    assert cost.draft_step_ms(4) == 3.0  # 4 sequences x 1 position: the batch curve
+    assert cost.draft_step_ms(1, 4) == 2.0  # 1 sequence x 4 positions: the rows curve
+    assert cost.draft_step_ms(4, 2) == pytest.approx(3.0 * 3.0 / 2.0)  # more positions scale as in one sequence
+    # An MTAD round of 3 over 4 beams: the target verifies 4 rows, the draft takes 3 batch steps.
+    assert cost.round_ms(3, width=4) == pytest.approx(10.5 + 3 * 3.0)
+    assert cost.predict_ms({"target": {"4": 2, "1": 3}, "draft": {"4x1": 3, "1": 1}}) == pytest.approx(
+        2 * 10.5 + 3 * 10.0 + 3 * 3.0 + 1.0)
+
+
+def test_measured_curves_never_say_more_rows_cost_less(tiny):
+    curve = forward_curve(tiny(vocab_size=32, seed=0), rounds=3)
+    values = [curve[str(r)] for r in (1, 2, 4, 8, 16)]
+    assert values == sorted(values) and values[0] > 0

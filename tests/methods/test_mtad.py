@@ -212,10 +212,12 @@ def test_missing_draft(pair):
         tokenleap.generate("w2", method="mtad-tree", model=pair[0])
 
 
-def priced(model, curve):
-    """A copy of `model` whose cost model reads this step-cost curve (ms by rows) instead of measuring it."""
+def priced(model, curve, batches=None):
+    """A copy of `model` whose cost model reads this step-cost curve (ms by rows; and by batch of
+    one-position sequences, `batches`) instead of measuring it."""
     model = dataclasses.replace(model, eos_token_ids=frozenset({V}))  # and no EOS: every run is max_new_tokens
     model.memo(("cost-curve",), lambda: curve)
+    model.memo(("cost-batch-curve",), lambda: batches or {b: curve[b] for b in (2, 4, 8) if b in curve})
     return model
 
 
@@ -227,7 +229,7 @@ STEEP = {1: 10.0, 2: 19.0, 4: 37.0, 8: 73.0, 16: 145.0}  # every row costs a who
 def test_auto_gamma_where_no_block_pays_is_plain_greedy_decoding(pair, method):
     """gamma=auto with a draft step that costs as much as a target row: no block pays even with
     every draft accepted, so every token is a plain target step, and at T=0 that is greedy."""
-    target, draft = priced(pair[0], STEEP), priced(pair[1], {1: 9.0, 4: 36.0, 16: 144.0})
+    target, draft = priced(pair[0], STEEP), priced(pair[1], {1: 9.0, 4: 36.0, 16: 144.0}, {2: 18.0, 4: 36.0, 8: 72.0})
     r = tokenleap.generate("w2 w3", method=method, model=target, draft=draft, max_new_tokens=20)
     assert r.token_ids == hf_greedy(target, target.encode("w2 w3"), 20)
     assert r.stats.method_stats.drafts_chosen == {"0": 20} and r.stats.draft_forwards == 0
@@ -235,7 +237,7 @@ def test_auto_gamma_where_no_block_pays_is_plain_greedy_decoding(pair, method):
 
 @pytest.mark.parametrize("method", ["mtad", "mtad-tree"])
 def test_auto_gamma_where_blocks_are_cheap_drafts_blocks_of_two_or_more(pair, method):
-    target, draft = priced(pair[0], FLAT), priced(pair[1], {1: 0.5, 4: 0.6, 16: 1.0, 64: 2.0})
+    target, draft = priced(pair[0], FLAT), priced(pair[1], {1: 0.5, 4: 0.6, 16: 1.0, 64: 2.0}, {2: 0.6, 4: 0.7, 8: 0.9})
     r = tokenleap.generate("w2 w3", method=method, model=target, draft=draft, max_new_tokens=40,
                            temperature=1.0, seed=3)
     chosen = r.stats.method_stats.drafts_chosen

@@ -132,3 +132,29 @@ def test_env_without_a_model_and_its_errors(capsys):
     assert "auto dtype:" in out and "native bf16:" in out and "forward" not in out
     assert main(["env", "--model", "none", "--device", "tpu"]) == 2
     assert "unknown device" in capsys.readouterr().err
+
+
+def test_env_shows_what_auto_chooses_here_and_on_another_curve(tiny_dir, capsys):
+    from tokenleap.cli import main
+
+    args = ["env", "--model", tiny_dir(vocab_size=32, seed=0), "--draft", tiny_dir(vocab_size=32, seed=100, num_layers=1),
+            "--context", "16", "--what-if", "1=35,8=44"]
+    assert main(args + ["--json"]) == 0
+    choices = json.loads(capsys.readouterr().out)["auto_choices"]
+    assert choices["what_if"]["curve"] == {"1": 35.0, "8": 44.0}
+    for where in ("here", "what_if"):
+        c = choices[where]
+        assert [row["alpha"] for row in c["sps"]] == [0.3, 0.5, 0.7, 0.9]
+        for method in ("sps", "mtad", "mtad-tree"):
+            speedups = [row["speedup"] for row in c[method]]
+            assert speedups == sorted(speedups) and min(speedups) >= 1.0  # never below plain steps
+            assert all(row["gamma"] == 0 or row["gamma"] >= (2 if method != "sps" else 1) for row in c[method])
+        assert c["ppd"]["exit_layer"] >= 1
+    # On the what-if curve the draft costs what it costs here relative to a target step.
+    assert choices["what_if"]["draft_ratio"] == pytest.approx(choices["here"]["draft_ratio"], rel=0.01)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "auto choices, this machine" in out and "auto choices, what if (step cost: 1 row 35 ms, 8 rows 44 ms)" in out
+    for bad in ("1=35", "8=44,16=50", "1=x,8=44", "1=-3,8=4"):
+        assert main(args[:-1] + [bad]) == 2
+        assert "--what-if" in capsys.readouterr().err

@@ -115,6 +115,16 @@ class DraftLength:
         return DraftLengthStats(dict(self.chosen), self.alpha)
 
 
+def best_length(cost: CostModel, alpha: float, most: int = 8, least: int = 1, width: int = 1,
+                tree: bool = False) -> tuple[int, float]:
+    """What gamma=auto settles on at acceptance `alpha` on `cost`'s curves (no catch-up): the
+    draft length (0 = plain steps) and its expected speedup over plain steps."""
+    length = DraftLength(cost, most, least=least, width=width, tree=tree)
+    lengths = [0] + list(range(least, most + 1))
+    best = max(lengths, key=lambda g: length.tokens_per_ms(g, alpha, 0))
+    return best, length.tokens_per_ms(best, alpha, 0) / length.tokens_per_ms(0)
+
+
 @dataclass
 class DraftLengthStats(MethodStats):
     """A method with adaptive draft lengths (sps, mtad): what was chosen."""

@@ -16,7 +16,7 @@ from .warping import Sampling, next_token
 class CountingRunner:
     """A model's runner that counts its own forwards into the run's stats: the one place a
     forward is counted. A forward is a pass that ends in the LM head: `forward` (recorded with
-    its size, batch x new positions, for the cost model), or `head` for a caller that runs the
+    its shape, sequences x new positions, for the cost model), or `head` for a caller that runs the
     layers one by one (PPD's main stream, whose time PPD predicts itself). Everything else is
     the runner's own."""
 
@@ -33,7 +33,7 @@ class CountingRunner:
     def forward(self, cache: Any, ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         self._count()
         new = ids if ids is not None else kwargs["embeds"]
-        self._stats.record_forward(self._model, new.shape[0] * new.shape[1])
+        self._stats.record_forward(self._model, new.shape[0], new.shape[1])
         return self.inner.forward(cache, ids, **kwargs)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

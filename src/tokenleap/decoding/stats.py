@@ -12,8 +12,9 @@
   node it verified as proposed and the accepted path as accepted, so `acceptance_rate` is
   always "kept / verified". `proposed_at[i]` / `accepted_at[i]` count rounds that offered /
   kept a draft at depth i + 1 (a tree offers its every depth once per round).
-- `forward_rows`: the forwards behind `target_forwards` / `draft_forwards` by size, {"target":
-  {rows: count}, "draft": {...}} (rows = batch x new positions), what the cost model prices.
+- `forward_rows`: the forwards behind `target_forwards` / `draft_forwards` by shape, {"target":
+  {"rows": count}, "draft": {...}}, "BxN" for N new positions in each of B sequences (MTAD's
+  beams), what the cost model prices.
 - `predicted_ms`: the cost model's time for this run (`models.cost.CostModel.predict_ms` over
   `forward_rows`, set by the bench), or the method's own prediction where its time is not the
   sum of its forwards (PPD: two threads).
@@ -77,10 +78,11 @@ class DecodeStats:
             self.accepted_at[i] += i < accepted
         self.accepted_hist[accepted] = self.accepted_hist.get(accepted, 0) + 1
 
-    def record_forward(self, model: str, rows: int) -> None:
-        """One forward of `model` ("target" or "draft") over `rows` new rows."""
+    def record_forward(self, model: str, batch: int, rows: int) -> None:
+        """One forward of `model` ("target" or "draft") over `rows` new positions in `batch` sequences."""
         per = self.forward_rows.setdefault(model, {})
-        per[str(rows)] = per.get(str(rows), 0) + 1
+        shape = f"{batch}x{rows}" if batch > 1 else str(rows)
+        per[shape] = per.get(shape, 0) + 1
 
     @property
     def tokens_per_s(self) -> float:

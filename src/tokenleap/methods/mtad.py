@@ -84,7 +84,7 @@ def tree_step(ctx: DecodeContext, seq: list[int], cache: KVCache, drafter: BeamD
 
 def _drafter(ctx: DecodeContext, tree: bool) -> BeamDrafter:
     opts = ctx.options
-    length = (DraftLength(CostModel.of(ctx.target, ctx.draft), AUTO_MOST, least=2, width=opts.beam_width,
+    length = (DraftLength(CostModel.of(ctx.target, ctx.draft, batched=opts.beam_width > 1), AUTO_MOST, least=2, width=opts.beam_width,
                           tree=tree)
               if opts.gamma == 0 else None)
     return BeamDrafter(ctx, opts.gamma, opts.beam_width, opts.without_replacement, length)

@@ -40,7 +40,9 @@ if at p = 1 it could pay, to notice a text where the exit head starts to agree. 
 (workers=1 runs the branch after main on the same threads: it never pays.) c1 (with k-row
 forwards running beside it, as the branch does) and c2 are measured once per machine
 (`models.cost`); the run's predicted time (`DecodeStats.predicted_ms`) is its schedule priced
-with them.
+with them. What they leave out (promotion copies, thread hand-offs) is learnt online: pipelined
+tokens' measured over predicted time scales their cost in the choice (`_Calibration`), so a
+machine where they run slower than priced stops pipelining at the margin.
 
 Latency model (`simulate`): unit time per layer, free extra compute, exit head h layer-units on
 the branch; `simulate_latency` replays this schedule from the realised matches. For d >= l/2
@@ -95,6 +97,19 @@ class PPDOptions(Options):
 PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # a prior match rate of 0.6 worth two branches
 
 
+def pipelined_ms(p: float, c1: float, d: int, h: float, layers: int) -> float:
+    """A pipelined token's expected main-stream time at match rate p (the spec's model: a
+    matched token's stream starts l-d-h layers deep) with a one-thread step costing c1."""
+    return (1.0 - p * (1.0 - (d + h) / layers)) * c1
+
+
+def break_even_match_rate(c1: float, c2: float, d: int, h: float, layers: int) -> float | None:
+    """The match rate above which pipelining beats plain steps costing c2; None if none does."""
+    saved = 1.0 - (d + h) / layers
+    p = (1.0 - c2 / c1) / saved if saved > 0 else float("inf")
+    return max(p, 0.0) if p <= 1.0 else None
+
+
 # -- the pipeline --------------------------------------------------------------------------
 class _Progress:
     """Layers done by the main stream; a branch at layer m waits until main has done m+1."""
@@ -142,6 +157,29 @@ class _Branch:
     future: Future | None = None
 
 
+@dataclass
+class _Calibration:
+    """Measured over predicted time of the pipelined tokens so far, from a prior of 1 worth
+    PRIOR_TOKENS: what the cost model leaves out (promotion copies, hand-offs between threads,
+    waits) learnt online. Only when to pipeline depends on it, never which token is emitted: PPD
+    stays exact whatever the timing."""
+
+    measured: float = 0.0
+    predicted: float = 0.0
+
+    def add(self, measured_ms: float, predicted_ms: float) -> None:
+        self.measured += measured_ms
+        self.predicted += predicted_ms
+
+    @property
+    def ratio(self) -> float:
+        prior = PRIOR_TOKENS * 20.0  # ms: a prior's worth of tokens at ratio 1
+        return (self.measured + prior) / (self.predicted + prior)
+
+
+PRIOR_TOKENS = 4
+
+
 def _one_thread() -> None:
     torch.set_num_threads(1)
     torch.get_num_threads()  # initialise this thread's pool now, before the caller restores its own
@@ -168,6 +206,7 @@ class Pipeline:
         self.c1 = one_thread_ms(ctx.target, opts.candidates) if opts.workers == 2 else self.c2
         self.plain_run = 0
         self.exploration = Exploration()
+        self.calibration = _Calibration()
         self.predicted_ms = 0.0
         self.counts = dict(tokens=0, plain=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
                            branch_layers_max=0)
@@ -269,7 +308,7 @@ class Pipeline:
         if self.always:
             return True
         p = (sum(self.matches) + PRIOR_MATCHES) / (len(self.matches) + PRIOR_MATCHES + PRIOR_MISSES)
-        if self._branch_ms(p) < self.c2:
+        if self._branch_ms(p) * self.calibration.ratio < self.c2:
             self.exploration.won()
             return True
         if self.exploration.due(self.plain_run) and self._branch_ms(1.0) < self.c2:
@@ -280,15 +319,17 @@ class Pipeline:
     def _branch_ms(self, p: float) -> float:
         """A pipelined token's expected time at match rate p: its main stream (the spec's model);
         with workers=1 also the branch's l-d layers over k rows, run after it."""
-        main = (1.0 - p * (1.0 - (self.d + self.h) / self.l)) * self.c1
+        main = pipelined_ms(p, self.c1, self.d, self.h, self.l)
         return main if self.pools else main + (self.l - self.d) / self.l * interpolate(self.curve, self.k)
 
-    def _price(self, s: _Stream, pipelined: bool) -> None:
-        """Add this token's main stream to the predicted time: its layers at c1 pipelined (c2
-        plain), a whole prompt at the curve's cost for its rows."""
+    def _price(self, s: _Stream, pipelined: bool) -> float:
+        """This token's main stream as the cost model prices it: its layers at c1 pipelined (c2
+        plain), a whole prompt at the curve's cost for its rows; added to the predicted time."""
         rows = s.ids.shape[1] if s.ids is not None else 1
         step = interpolate(self.curve, rows) * (self.c1 / self.c2 if pipelined else 1.0)
-        self.predicted_ms += step * (self.l - s.done) / self.l
+        ms = step * (self.l - s.done) / self.l
+        self.predicted_ms += ms
+        return ms
 
     def tokens(self) -> Iterator[int]:
         ctx = self.ctx
@@ -299,7 +340,7 @@ class Pipeline:
             progress = _Progress(stream.done)
             pipelined = ctx.room(seq) > 1 and self._pipelined()
             branch = _Branch(pos, progress) if pipelined else None
-            self._price(stream, pipelined and bool(self.pools))
+            priced, started = self._price(stream, pipelined and bool(self.pools)), time.perf_counter()
             if branch is None:  # a plain step, on the caller's thread with all its threads
                 token = self._main(stream, progress, None)
                 self.counts["plain"] += 1
@@ -328,6 +369,8 @@ class Pipeline:
                 self._reap(wait=match)
             if stream is None:
                 stream = _Stream(torch.tensor([[token]]), start=pos)
+            if branch is not None and len(seq) > len(ctx.prompt_ids):  # (the prompt's forward: not a step)
+                self.calibration.add(1e3 * (time.perf_counter() - started), priced)
             seq.append(token)
             yield token
 

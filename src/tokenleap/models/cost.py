@@ -29,39 +29,67 @@ if TYPE_CHECKING:
     from ..decoding.stats import DecodeStats
 
 CURVE_ROWS = (1, 2, 4, 8, 16)
+BATCHES = (2, 4, 8)  # beams: a draft step over this many sequences, one new position each
+MEASURE_VERSION = 3  # how curves are measured (part of their cache key): 3 = two sweeps, monotone
 
 
-@torch.no_grad()
-def forward_ms(model: Model, rows: int = 1, context: int = 256, rounds: int = 30,
-               then: "Callable[[torch.Tensor], object] | None" = None) -> float:
-    """Median milliseconds of one forward over `rows` new positions after `context` cached ones
-    (each round rolls the cache back, so every round sees the same context); with `then`, of
-    the forward plus `then(logits)` (what a decoding step does with them)."""
-    runner = model.runner
-    device = runner.device
-    cache = runner.new_cache(1, context + rows + 8)
-    gen = torch.Generator().manual_seed(0)
-    runner.forward(cache, torch.randint(0, runner.vocab_size, (1, context), generator=gen).to(device))
-    new = torch.randint(0, runner.vocab_size, (1, rows), generator=gen).to(device)
-    times = []
-    for i in range(rounds + 5):
+class _Probe:
+    """One forward shape (batch x rows new positions after `context` cached ones), timed again
+    and again: each time the cache is rolled back, so every time sees the same context."""
+
+    def __init__(self, model: Model, rows: int, context: int, batch: int = 1) -> None:
+        self.runner, self.context = model.runner, context
+        device = self.runner.device
+        self.cache = self.runner.new_cache(batch, context + rows + 8)
+        gen = torch.Generator().manual_seed(0)
+        prompt = torch.randint(0, self.runner.vocab_size, (1, context), generator=gen)
+        self.runner.forward(self.cache, prompt.expand(batch, -1).to(device))
+        self.new = torch.randint(0, self.runner.vocab_size, (batch, rows), generator=gen).to(device)
+
+    @torch.no_grad()
+    def seconds(self, then: "Callable[[torch.Tensor], object] | None" = None) -> float:
+        device = self.runner.device
         synchronize(device)
         start = time.perf_counter()
-        logits = runner.forward(cache, new)
+        logits = self.runner.forward(self.cache, self.new)
         if then is not None:
             then(logits)
         synchronize(device)
-        if i >= 5:  # the first few are warm-up
-            times.append(time.perf_counter() - start)
-        cache.rollback(context)
-    return 1000 * sorted(times)[len(times) // 2]
+        self.cache.rollback(self.context)
+        return time.perf_counter() - start
+
+
+WARMUP = 5  # untimed rounds first (allocator, kernel primitives for the shape)
+
+
+def forward_ms(model: Model, rows: int = 1, context: int = 256, rounds: int = 30,
+               then: "Callable[[torch.Tensor], object] | None" = None, batch: int = 1) -> float:
+    """Median milliseconds of one forward over `rows` new positions (in each of `batch` rows)
+    after `context` cached ones; with `then`, of the forward plus `then(logits)` (what a
+    decoding step does with them)."""
+    return forward_curve(model, (rows,), context, rounds, then, batch)[str(rows)]
 
 
 def forward_curve(model: Model, rows: tuple[int, ...] = CURVE_ROWS, context: int = 256,
-                  rounds: int = 20, then: "Callable[[torch.Tensor], object] | None" = None) -> dict[str, float]:
+                  rounds: int = 20, then: "Callable[[torch.Tensor], object] | None" = None,
+                  batch: int = 1, passes: int = 2) -> dict[str, float]:
     """{"1": ms, "2": ms, ...}: one forward's cost (with `then`, a step's: see `forward_ms`) by
-    the number of new rows."""
-    return {str(r): round(forward_ms(model, r, context, rounds, then), 3) for r in rows}
+    the number of new rows. Each row count is timed `rounds` times in a row, as decoding runs
+    them (alternating shapes costs ~10% more per step here), in `passes` sweeps; the lowest
+    median of the sweeps is kept, so that a slow spell of the machine (another process, the
+    clock) in one sweep does not bend the curve. More rows never cost less than fewer: a median
+    that says so is noise, and the larger count's is taken for both."""
+    probes = {r: _Probe(model, r, context, batch) for r in rows}
+    best = {r: float("inf") for r in rows}
+    for _ in range(passes):
+        for r, probe in probes.items():
+            times = [probe.seconds(then) for _ in range(WARMUP + rounds)][WARMUP:]
+            best[r] = min(best[r], 1000 * sorted(times)[len(times) // 2])
+    curve, cheapest = {}, float("inf")
+    for r in sorted(rows, reverse=True):
+        cheapest = min(cheapest, best[r])
+        curve[r] = cheapest
+    return {str(r): round(curve[r], 3) for r in rows}
 
 
 def costs_file():
@@ -89,7 +117,7 @@ def cost_key(model: Model) -> str:
 def _pick_per_row(logits: torch.Tensor) -> None:
     """What a decoding step does with a forward's logits: one distribution and one pick per
     row (greedy: a one-hot and an argmax over the vocabulary), the copy to the CPU included."""
-    rows = logits[0].float()
+    rows = logits.reshape(-1, logits.shape[-1]).float()
     torch.nn.functional.one_hot(rows.argmax(-1), rows.shape[-1]).argmax(-1).tolist()
 
 
@@ -98,7 +126,7 @@ def measured_curve(model: Model) -> dict[int, float]:
     135M model the picks are ~5% of a target step and ~30% of a small draft's): from
     costs.json, else measured now (a few seconds) and written there; kept by the model."""
     def measure() -> dict[int, float]:
-        key = "step|" + cost_key(model)
+        key = f"step|m{MEASURE_VERSION}|" + cost_key(model)
         cached = read_json_cache(costs_file()).get(key)
         if not cached:
             cached = forward_curve(model, rounds=10, then=_pick_per_row)
@@ -112,13 +140,28 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def measured_batch_curve(model: Model) -> dict[int, float]:
+    """A decoding step over `batch` sequences of one new position each, by batch (BATCHES): what
+    MTAD's beams cost a draft (more than as many positions of one sequence: each has its own
+    cache to attend over). From costs.json, else measured now and written there; kept by the model."""
+    def measure() -> dict[int, float]:
+        key = f"step-batch|m{MEASURE_VERSION}|" + cost_key(model)
+        cached = read_json_cache(costs_file()).get(key)
+        if not cached:
+            cached = {str(b): forward_ms(model, 1, rounds=10, then=_pick_per_row, batch=b) for b in BATCHES}
+            write_json_cache(costs_file(), key, cached)
+        return {int(b): float(ms) for b, ms in cached.items()}
+
+    return model.memo(("cost-batch-curve",), measure)
+
+
 def one_thread_ms(model: Model, beside: int = 3) -> float:
     """A one-row decoding step on one intra-op thread while another thread runs `beside`-row
     forwards: what PPD's main stream costs, its branch sharing the machine's memory bandwidth
     and the interpreter (alone on an idle core it is ~10% cheaper here). From costs.json, else
     measured now (a second or two) and written there; kept by the model."""
     def measure() -> float:
-        key = f"step-1thread-beside-{beside}|" + cost_key(model)
+        key = f"step-1thread-beside-{beside}|m{MEASURE_VERSION}|" + cost_key(model)
         cached = read_json_cache(costs_file()).get(key)
         if not cached:
             cached = {"1": round(_contended_ms(model, beside), 3)}
@@ -166,20 +209,22 @@ def interpolate(curve: dict[int, float], rows: int) -> float:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Milliseconds of a target forward over r rows (the measured curve) and of one draft step,
-    and, with the draft's own curve, of a draft forward over r rows (its catch-up after plain
-    steps: a draft that sat out k target steps feeds k + 1 tokens before it drafts again)."""
+    """Milliseconds of a target forward over r rows (the measured curve) and of one draft step;
+    with the draft's own curve, of a draft forward over r rows (its catch-up after plain steps: a
+    draft that sat out k target steps feeds k + 1 tokens before it drafts again); with its batch
+    curve, of a draft step over b sequences (MTAD's beams)."""
 
     curve: dict[int, float]
     draft_ms: float = 0.0
     draft_curve: dict[int, float] | None = None
+    draft_batch: dict[int, float] | None = None
 
     @classmethod
-    def of(cls, target: Model, draft: Model | None = None) -> "CostModel":
+    def of(cls, target: Model, draft: Model | None = None, batched: bool = False) -> "CostModel":
         if draft is None:
             return cls(measured_curve(target))
         drafts = measured_curve(draft)
-        return cls(measured_curve(target), drafts[1], drafts)
+        return cls(measured_curve(target), drafts[1], drafts, measured_batch_curve(draft) if batched else None)
 
     def target_ms(self, rows: int) -> float:
         return interpolate(self.curve, rows)
@@ -188,21 +233,39 @@ class CostModel:
         """A draft forward over `rows` rows (its one-row step without a curve of its own)."""
         return interpolate(self.draft_curve, rows) if self.draft_curve else self.draft_ms * rows
 
+    def draft_step_ms(self, batch: int, rows: int = 1) -> float:
+        """A draft forward over `rows` new positions in each of `batch` sequences."""
+        if batch == 1:
+            return self.draft_rows_ms(rows)
+        together = self.draft_rows_ms(batch * rows)
+        if not self.draft_batch:  # no batch curve: as many positions of one sequence
+            return together
+        # Measured for one position per sequence; more positions scale as they do in one sequence.
+        return interpolate({1: self.draft_ms, **self.draft_batch}, batch) * together / self.draft_rows_ms(batch)
+
     def round_ms(self, drafts: int, catch_up: int = 0, width: int = 1, verified: int | None = None) -> float:
-        """A speculative round: `drafts` draft steps over `width` rows each (MTAD's beams; the
-        first one also feeds the catch_up tokens the draft sat out, in every row), then one
-        target forward over `verified` rows (default drafts + 1: a chain and its pending token)."""
+        """A speculative round: `drafts` draft steps over `width` sequences each (MTAD's beams;
+        the first one also feeds the catch_up tokens the draft sat out, in every sequence), then
+        one target forward over `verified` rows (default drafts + 1: a chain and its pending token)."""
         if not drafts:
             return self.target_ms(1)
         ms = self.target_ms(drafts + 1 if verified is None else verified)
         if width == 1 and not catch_up:
             return ms + drafts * self.draft_ms
-        return ms + self.draft_rows_ms(width * (catch_up + 1)) + (drafts - 1) * self.draft_rows_ms(width)
+        return ms + self.draft_step_ms(width, catch_up + 1) + (drafts - 1) * self.draft_step_ms(width)
 
     def predict_ms(self, forward_rows: dict[str, dict[str, int]]) -> float:
-        """The time of a run's forwards (`DecodeStats.forward_rows`): each priced on its curve."""
-        curves = {"target": self.target_ms, "draft": self.draft_rows_ms}
-        return sum(curves[model](int(rows)) * n for model, per in forward_rows.items() for rows, n in per.items())
+        """The time of a run's forwards (`DecodeStats.forward_rows`: "rows" or "batch x rows"),
+        each priced on its curve."""
+        total = 0.0
+        for model, per in forward_rows.items():
+            for shape, n in per.items():
+                batch, _, rows = shape.rpartition("x")
+                if model == "target":
+                    total += n * self.target_ms(int(rows) * int(batch or 1))
+                else:
+                    total += n * self.draft_step_ms(int(batch or 1), int(rows))
+        return total
 
 
 def predicted_ms(stats: "DecodeStats", target: Model, draft: Model | None = None) -> float | None:
@@ -211,4 +274,5 @@ def predicted_ms(stats: "DecodeStats", target: Model, draft: Model | None = None
     record (an anchor: HF generate, llama.cpp)."""
     if stats.predicted_ms is not None or not stats.forward_rows:
         return stats.predicted_ms
-    return CostModel.of(target, draft if "draft" in stats.forward_rows else None).predict_ms(stats.forward_rows)
+    batched = any("x" in shape for shape in stats.forward_rows.get("draft", {}))
+    return CostModel.of(target, draft if "draft" in stats.forward_rows else None, batched).predict_ms(stats.forward_rows)
