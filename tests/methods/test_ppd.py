@@ -282,10 +282,12 @@ def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(t
                            exit_layer=3, head_cost=0.0)
     assert r.token_ids == expected and r.stats.method_stats.plain_steps == 1  # the last token: no room
     # One thread at 1.6x: the branch pays only above p = 0.75 (l=6, d=3, h=0: (1 - p/2) 16 < 10), which
-    # one match in a few never lifts the estimate to; at p = 1 it would pay, so a token is pipelined
-    # anyway after EXPLORE_EVERY plain steps, then after twice as many: tokens 8 and 24 of 30.
-    r = tokenleap.generate(prompt_ids, method="ppd", model=priced(model, FLAT, 16.0), max_new_tokens=30,
-                           exit_layer=3, head_cost=0.0, candidates=1)
-    e = r.stats.method_stats
-    assert r.token_ids == expected and e.match_rate < 0.5
-    assert e.branches == e.judged == 2 and e.plain_steps == 28 and EXPLORE_EVERY == 8
+    # this head's few matches never lift the estimate to; at p = 1 it would pay, so every 8th plain
+    # step looks at the exit head's candidates at layer d (tokens 8, 16 and 24 of 30) and counts
+    # whether its token was among them: what a branch there would have found.
+    pipe, ctx, tokens = pipeline(priced(model, FLAT, 16.0), prompt_ids, 30, branch="auto", exit_layer=3,
+                                 head_cost=0.0, candidates=1)
+    e = ctx.stats.method_stats
+    assert tokens == expected and e.branches == 0 and e.plain_steps == 30 and e.observed == e.judged == 3
+    offline = teacher_forced_matches(model, pipe.head, prompt_ids, tokens, 1)
+    assert pipe.matches == [offline[i] for i in (7, 15, 23)] and sum(offline) / len(offline) < 0.5

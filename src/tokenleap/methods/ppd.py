@@ -34,9 +34,11 @@ intra-op thread, so a pipelined token costs its main-stream layers at the one-th
 c1, while a plain step on the caller's thread has both cores (c2, `ar`'s cost). With match
 rate p the spec's model gives l - p (l - d - h) main-stream layers per token, so the branch
 pays when (1 - p (1 - (d+h)/l)) c1 < c2. p is estimated online (matches / branches judged,
-from a mild prior); while the branch does not pay, tokens are plain steps on all threads, now
-and then pipelined anyway (`decoding.adaptive.Exploration`: after 8 plain steps, then 16, ...),
-if at p = 1 it could pay, to notice a text where the exit head starts to agree. Either way every token is the main stream's argmax: exact.
+from a mild prior); while the branch does not pay, tokens are plain steps on all threads, and
+every 8th of them computes the exit head's candidates at layer d (h/l of a step, against a
+pipelined token's ~c1 - c2 for a try) and counts whether the token was among them, if at p = 1
+the branch could pay: so p keeps being estimated, and a text where the exit head starts to
+agree is noticed. Either way every token is the main stream's argmax: exact.
 (workers=1 runs the branch after main on the same threads: it never pays.) c1 (with k-row
 forwards running beside it, as the branch does) and c2 are measured once per machine
 (`models.cost`); the run's predicted time (`DecodeStats.predicted_ms`) is its schedule priced
@@ -60,7 +62,7 @@ from typing import Iterator
 
 import torch
 
-from ..decoding.adaptive import Exploration
+from ..decoding.adaptive import EXPLORE_EVERY
 from ..decoding.context import DecodeContext
 from ..errors import TokenleapError
 from ..models.cost import CostModel, interpolate, one_thread_ms
@@ -95,6 +97,7 @@ class PPDOptions(Options):
 
 
 PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # a prior match rate of 0.6 worth two branches
+OBSERVE_EVERY = EXPLORE_EVERY  # plain steps: every so many looks at the exit head's candidates
 
 
 def pipelined_ms(p: float, c1: float, d: int, h: float, layers: int) -> float:
@@ -205,10 +208,9 @@ class Pipeline:
         self.c2 = interpolate(self.curve, 1)
         self.c1 = one_thread_ms(ctx.target, opts.candidates) if opts.workers == 2 else self.c2
         self.plain_run = 0
-        self.exploration = Exploration()
         self.calibration = _Calibration()
         self.predicted_ms = 0.0
-        self.counts = dict(tokens=0, plain=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
+        self.counts = dict(tokens=0, plain=0, observed=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
                            branch_layers_max=0)
         self.times = dict(main=0.0, main_head=0.0, branch=0.0, exit_head=0.0, wait=0.0, promote=0.0)
         self._live: list[_Branch] = []  # launched, not yet released
@@ -225,8 +227,10 @@ class Pipeline:
 
     # -- the two kinds of work -------------------------------------------------------------
     @torch.no_grad()
-    def _main(self, s: _Stream, progress: _Progress, branch: _Branch | None) -> int:
-        """Layers done+1..l of the main stream, spawning the branch at layer d; returns the token."""
+    def _main(self, s: _Stream, progress: _Progress, branch: _Branch | None,
+              observed: list[int] | None = None) -> int:
+        """Layers done+1..l of the main stream, spawning the branch at layer d (or, a plain step
+        given `observed`, only putting the exit head's candidates there); returns the token."""
         t0 = time.perf_counter()
         if branch is not None and s.done >= self.d:
             self._spawn(branch, s.hd if s.done > self.d else s.x[:, -1:])
@@ -235,6 +239,8 @@ class Pipeline:
             progress.advance(m + 1)
             if m + 1 == self.d and branch is not None:
                 self._spawn(branch, x[:, -1:])
+            elif m + 1 == self.d and observed is not None:
+                observed.extend(self.head.topk(x[:, -1:], self.k).flatten().tolist())
 
         x = self.layers.main(s.ids, s.x, s.start, s.done, after)
         t1 = time.perf_counter()
@@ -308,13 +314,13 @@ class Pipeline:
         if self.always:
             return True
         p = (sum(self.matches) + PRIOR_MATCHES) / (len(self.matches) + PRIOR_MATCHES + PRIOR_MISSES)
-        if self._branch_ms(p) * self.calibration.ratio < self.c2:
-            self.exploration.won()
-            return True
-        if self.exploration.due(self.plain_run) and self._branch_ms(1.0) < self.c2:
-            self.exploration.tried()
-            return True
-        return False
+        return self._branch_ms(p) * self.calibration.ratio < self.c2
+
+    def _observing(self, stream: _Stream) -> bool:
+        """Look at the exit head's candidates during this plain step? Every OBSERVE_EVERY-th plain
+        step in a row, where the branch could pay at all (at p = 1) and the stream passes layer d."""
+        return (not self.always and (self.plain_run + 1) % OBSERVE_EVERY == 0 and stream.done < self.d
+                and self._branch_ms(1.0) < self.c2)
 
     def _branch_ms(self, p: float) -> float:
         """A pipelined token's expected time at match rate p: its main stream (the spec's model);
@@ -342,7 +348,11 @@ class Pipeline:
             branch = _Branch(pos, progress) if pipelined else None
             priced, started = self._price(stream, pipelined and bool(self.pools)), time.perf_counter()
             if branch is None:  # a plain step, on the caller's thread with all its threads
-                token = self._main(stream, progress, None)
+                observed = [] if self._observing(stream) else None
+                token = self._main(stream, progress, None, observed)
+                if observed:  # would a branch have matched? (what p is estimated from)
+                    self.matches.append(token in observed)
+                    self.counts["observed"] += 1
                 self.counts["plain"] += 1
                 self.plain_run += 1
             elif self.pools:
@@ -406,7 +416,8 @@ class Pipeline:
             layers_main=c["layers_main"], layers_promoted=c["layers_promoted"], layers_branch=c["layers_branch"],
             branch_layers_max=c["branch_layers_max"], scratch_live=len(self._live), scratch_released=c["released"],
             main_s=t["main"], branch_s=t["branch"], exit_head_s=t["exit_head"], wait_s=t["wait"],
-            promote_s=t["promote"], layer_ms=1e3 * layer_s, plain_steps=c["plain"], step_ms=self.c2,
+            promote_s=t["promote"], layer_ms=1e3 * layer_s, plain_steps=c["plain"], observed=c["observed"],
+            step_ms=self.c2,
             step_ms_one_thread=self.c1)
         if self.opts.simulate and c["tokens"]:
             stats.sim_units = sum(simulate_latency(self.l, self.d, self.h, self.matches, c["tokens"]))

@@ -42,7 +42,7 @@ class PPDStats(MethodStats):
     workers: int = 0
     branches: int = 0
     matches: int = 0
-    judged: int = 0  # tokens whose branch was judged (matched or not)
+    judged: int = 0  # tokens whose branch was judged (matched or not), or whose candidates were observed
     match_rate: float = 0.0
     promoted_layers_mean: float = 0.0
     layers_main: int = 0
@@ -60,6 +60,7 @@ class PPDStats(MethodStats):
     # branch=auto: tokens decoded as plain steps (the branch did not pay), and the costs the
     # choice compared: a one-row step on every thread (c2) and on one (c1, each worker's).
     plain_steps: int = 0
+    observed: int = 0  # plain steps that computed the exit head's candidates (p is estimated from them too)
     step_ms: float = 0.0
     step_ms_one_thread: float = 0.0
     # With simulate=True: the tick simulator's latency beside the spec's model, in layer units,
