@@ -83,7 +83,8 @@ class PPDOptions(Options):
     workers: int = option(2, "2 = main and branch on two threads; 1 = the same work one after the other",
                           minimum=1, maximum=2)
     branch: str = option("auto", "run the branch: always, or auto = only while the cost model says it pays "
-                                 "(else plain steps on every thread, exploring now and then)",
+                                 "(else plain steps on every thread, every 8th looking at the exit head's "
+                                 "candidates to keep estimating the match rate)",
                          choices=("auto", "always"))
     simulate: bool = option(False, "also report the tick simulator's latency (layer units) beside the measured one "
                                    "(the branch then runs for every token)")
@@ -98,6 +99,7 @@ class PPDOptions(Options):
 
 PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # a prior match rate of 0.6 worth two branches
 OBSERVE_EVERY = EXPLORE_EVERY  # plain steps: every so many looks at the exit head's candidates
+PRIOR_TOKENS = 2  # the calibration's prior (measured = predicted) is worth this many pipelined tokens
 
 
 def pipelined_ms(p: float, c1: float, d: int, h: float, layers: int) -> float:
@@ -163,10 +165,11 @@ class _Branch:
 @dataclass
 class _Calibration:
     """Measured over predicted time of the pipelined tokens so far, from a prior of 1 worth
-    PRIOR_TOKENS: what the cost model leaves out (promotion copies, hand-offs between threads,
-    waits) learnt online. Only when to pipeline depends on it, never which token is emitted: PPD
-    stays exact whatever the timing."""
+    `prior_ms` of tokens: what the cost model leaves out (promotion copies, hand-offs between
+    threads, waits) learnt online. Only when to pipeline depends on it, never which token is
+    emitted: PPD stays exact whatever the timing."""
 
+    prior_ms: float
     measured: float = 0.0
     predicted: float = 0.0
 
@@ -176,11 +179,7 @@ class _Calibration:
 
     @property
     def ratio(self) -> float:
-        prior = PRIOR_TOKENS * 20.0  # ms: a prior's worth of tokens at ratio 1
-        return (self.measured + prior) / (self.predicted + prior)
-
-
-PRIOR_TOKENS = 4
+        return (self.measured + self.prior_ms) / (self.predicted + self.prior_ms)
 
 
 def _one_thread() -> None:
@@ -208,10 +207,10 @@ class Pipeline:
         self.c2 = interpolate(self.curve, 1)
         self.c1 = one_thread_ms(ctx.target, opts.candidates) if opts.workers == 2 else self.c2
         self.plain_run = 0
-        self.calibration = _Calibration()
+        self.calibration = _Calibration(prior_ms=PRIOR_TOKENS * self.c1)
         self.predicted_ms = 0.0
-        self.counts = dict(tokens=0, plain=0, observed=0, branches=0, released=0, layers_main=0, layers_promoted=0, layers_branch=0,
-                           branch_layers_max=0)
+        self.counts = dict(tokens=0, plain=0, observed=0, branches=0, released=0, layers_main=0, layers_promoted=0,
+                           layers_branch=0, branch_layers_max=0)
         self.times = dict(main=0.0, main_head=0.0, branch=0.0, exit_head=0.0, wait=0.0, promote=0.0)
         self._live: list[_Branch] = []  # launched, not yet released
         self._lock = threading.Lock()
