@@ -50,6 +50,7 @@ def auto_choices(target: Any, draft: Any, curve: dict[int, float] | None = None)
     `curve` (the draft's and the one-thread costs scaled with its one-row cost)."""
     from .decoding.adaptive import best_length
     from .methods import mtad, ppd, sps
+    from .methods.ppd_latency import break_even_match_rate
     from .models.cost import CostModel, measured_curve, one_thread_ms
     from .models.early_exit import exit_head
 
@@ -70,7 +71,7 @@ def auto_choices(target: Any, draft: Any, curve: dict[int, float] | None = None)
     c1 = one_thread_ms(target, opts.candidates) * scale
     layers = target.runner.num_layers
     out["ppd"] = {"exit_layer": head.layer, "head_cost": round(head.cost, 2), "one_thread_ratio": round(c1 / curve[1], 3),
-                  "break_even_match_rate": ppd.break_even_match_rate(c1, curve[1], head.layer, head.cost, layers)}
+                  "break_even_match_rate": break_even_match_rate(c1, curve[1], head.layer, head.cost, layers)}
     return out
 
 

@@ -13,7 +13,9 @@ import uvicorn
 from tokenleap.serve.metrics import parse_metrics
 
 # Options for methods that need some to run on the tiny models; other methods use their defaults.
-METHOD_OPTIONS = {"sps": {"gamma": 3}}
+# A fixed gamma: with auto, a draft that cannot pay on this machine's costs rightly gives plain
+# steps, and these tests check the acceptance figures of judged drafts (auto: tests/decoding).
+METHOD_OPTIONS = {"sps": {"gamma": 3}, "mtad": {"gamma": 3}, "mtad-tree": {"gamma": 3}}
 
 
 @contextmanager

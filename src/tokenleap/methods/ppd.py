@@ -30,21 +30,15 @@ state, and once promoted (already deeper than d) it spawns the next branch at on
 state. The branch waits, layer by layer, for main's K/V of the same layer when it catches up.
 
 Whether to run the branch at all (branch=auto, the default). On two cores each worker has one
-intra-op thread, so a pipelined token costs its main-stream layers at the one-thread step cost
-c1, while a plain step on the caller's thread has both cores (c2, `ar`'s cost). With match
-rate p the spec's model gives l - p (l - d - h) main-stream layers per token, so the branch
-pays when (1 - p (1 - (d+h)/l)) c1 < c2. p is estimated online (matches / branches judged,
-from a mild prior); while the branch does not pay, tokens are plain steps on all threads, and
-every 8th of them computes the exit head's candidates at layer d (h/l of a step, against a
-pipelined token's ~c1 - c2 for a try) and counts whether the token was among them, if at p = 1
-the branch could pay: so p keeps being estimated, and a text where the exit head starts to
-agree is noticed. Either way every token is the main stream's argmax: exact.
-(workers=1 runs the branch after main on the same threads: it never pays.) c1 (with k-row
-forwards running beside it, as the branch does) and c2 are measured once per machine
-(`models.cost`); the run's predicted time (`DecodeStats.predicted_ms`) is its schedule priced
-with them. What they leave out (promotion copies, thread hand-offs) is learnt online: pipelined
-tokens' measured over predicted time scales their cost in the choice (`_Calibration`), so a
-machine where they run slower than priced stops pipelining at the margin.
+intra-op thread: a pipelined token costs its main-stream layers at the one-thread step cost c1
+(measured with k-row forwards beside it), a plain step on the caller's thread both cores (c2,
+`ar`'s). With match rate p the branch gains when (1 - p (1 - (d+h)/l)) c1 < c2 (the spec's
+model, `ppd_latency.pipelined_ms`); p is estimated online, and pipelined tokens' measured over
+predicted time too (`ppd_latency.Calibration`). Otherwise a token is a plain step, every 8th
+one computing the exit head's candidates at layer d (h/l of a step) to count a match, so p
+keeps being estimated. Every token is the main stream's argmax: exact. (workers=1: the branch
+runs after main, it never pays.) The predicted time (`DecodeStats.predicted_ms`) is the run's
+schedule priced with c1 and c2.
 
 Latency model (`simulate`): unit time per layer, free extra compute, exit head h layer-units on
 the branch; `simulate_latency` replays this schedule from the realised matches. For d >= l/2
@@ -62,14 +56,14 @@ from typing import Iterator
 
 import torch
 
-from ..decoding.adaptive import EXPLORE_EVERY
 from ..decoding.context import DecodeContext
 from ..errors import TokenleapError
 from ..models.cost import CostModel, interpolate, one_thread_ms
 from ..models.early_exit import exit_head
 from ..models.layered import StopForward
 from ..options import Options, option
-from .ppd_latency import PPDStats, simulate_latency
+from .ppd_latency import (OBSERVE_EVERY, PRIOR_MATCHES, PRIOR_MISSES, PRIOR_TOKENS, Calibration, PPDStats,
+                          pipelined_ms, simulate_latency)
 from .ppd_layers import layers_for
 
 
@@ -95,24 +89,6 @@ class PPDOptions(Options):
             raise TokenleapError(f"head_cost must be >= 0 (or -1 = estimate), got {self.head_cost}")
         if not self.head:
             raise TokenleapError("head must be auto, shared, trained or a path to trained heads")
-
-
-PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # a prior match rate of 0.6 worth two branches
-OBSERVE_EVERY = EXPLORE_EVERY  # plain steps: every so many looks at the exit head's candidates
-PRIOR_TOKENS = 2  # the calibration's prior (measured = predicted) is worth this many pipelined tokens
-
-
-def pipelined_ms(p: float, c1: float, d: int, h: float, layers: int) -> float:
-    """A pipelined token's expected main-stream time at match rate p (the spec's model: a
-    matched token's stream starts l-d-h layers deep) with a one-thread step costing c1."""
-    return (1.0 - p * (1.0 - (d + h) / layers)) * c1
-
-
-def break_even_match_rate(c1: float, c2: float, d: int, h: float, layers: int) -> float | None:
-    """The match rate above which pipelining beats plain steps costing c2; None if none does."""
-    saved = 1.0 - (d + h) / layers
-    p = (1.0 - c2 / c1) / saved if saved > 0 else float("inf")
-    return max(p, 0.0) if p <= 1.0 else None
 
 
 # -- the pipeline --------------------------------------------------------------------------
@@ -162,26 +138,6 @@ class _Branch:
     future: Future | None = None
 
 
-@dataclass
-class _Calibration:
-    """Measured over predicted time of the pipelined tokens so far, from a prior of 1 worth
-    `prior_ms` of tokens: what the cost model leaves out (promotion copies, hand-offs between
-    threads, waits) learnt online. Only when to pipeline depends on it, never which token is
-    emitted: PPD stays exact whatever the timing."""
-
-    prior_ms: float
-    measured: float = 0.0
-    predicted: float = 0.0
-
-    def add(self, measured_ms: float, predicted_ms: float) -> None:
-        self.measured += measured_ms
-        self.predicted += predicted_ms
-
-    @property
-    def ratio(self) -> float:
-        return (self.measured + self.prior_ms) / (self.predicted + self.prior_ms)
-
-
 def _one_thread() -> None:
     torch.set_num_threads(1)
     torch.get_num_threads()  # initialise this thread's pool now, before the caller restores its own
@@ -207,7 +163,7 @@ class Pipeline:
         self.c2 = interpolate(self.curve, 1)
         self.c1 = one_thread_ms(ctx.target, opts.candidates) if opts.workers == 2 else self.c2
         self.plain_run = 0
-        self.calibration = _Calibration(prior_ms=PRIOR_TOKENS * self.c1)
+        self.calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c1)
         self.predicted_ms = 0.0
         self.counts = dict(tokens=0, plain=0, observed=0, branches=0, released=0, layers_main=0, layers_promoted=0,
                            layers_branch=0, branch_layers_max=0)

@@ -1,11 +1,13 @@
-"""PPD's latency model and its typed stats record, with the bench report section that puts the
-model's prediction beside the measured speedup. (The pipeline itself is `ppd.py`.)"""
+"""PPD's latency model (the spec's, the tick simulator, and the priced one branch=auto chooses
+with), and its typed stats record, with the bench report section that puts the model's
+prediction beside the measured speedup. (The pipeline itself is `ppd.py`.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from ..decoding.adaptive import EXPLORE_EVERY
 from ..decoding.stats import MethodStats
 from ..markdown import fmt, table
 
@@ -21,6 +23,44 @@ def simulate_latency(layers: int, d: int, h: float, matches: list[bool], tokens:
         ahead = layers - d - h if head_start <= d else layers - head_start - h
         head_start = min(max(ahead, 0.0), layers - d) if i < len(matches) and matches[i] else 0.0
     return out
+
+
+PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # branch=auto: a prior match rate of 0.6 worth two branches
+PRIOR_TOKENS = 2  # the calibration's prior (measured = predicted) is worth this many pipelined tokens
+OBSERVE_EVERY = EXPLORE_EVERY  # plain steps: every so many look at the exit head's candidates
+
+
+def pipelined_ms(p: float, c1: float, d: int, h: float, layers: int) -> float:
+    """A pipelined token's expected main-stream time at match rate p (the spec's model: a
+    matched token's stream starts l-d-h layers deep) with a one-thread step costing c1."""
+    return (1.0 - p * (1.0 - (d + h) / layers)) * c1
+
+
+def break_even_match_rate(c1: float, c2: float, d: int, h: float, layers: int) -> float | None:
+    """The match rate above which pipelining beats plain steps costing c2; None if none does."""
+    saved = 1.0 - (d + h) / layers
+    p = (1.0 - c2 / c1) / saved if saved > 0 else float("inf")
+    return max(p, 0.0) if p <= 1.0 else None
+
+
+@dataclass
+class Calibration:
+    """Measured over predicted time of the pipelined tokens so far, from a prior of 1 worth
+    `prior_ms` of tokens: what the cost model leaves out (promotion copies, hand-offs between
+    threads, waits) learnt online. Only when to pipeline depends on it, never which token is
+    emitted: PPD stays exact whatever the timing."""
+
+    prior_ms: float
+    measured: float = 0.0
+    predicted: float = 0.0
+
+    def add(self, measured_ms: float, predicted_ms: float) -> None:
+        self.measured += measured_ms
+        self.predicted += predicted_ms
+
+    @property
+    def ratio(self) -> float:
+        return (self.measured + self.prior_ms) / (self.predicted + self.prior_ms)
 
 
 def predicted_speedup(p: float, d: int, h: float, layers: int) -> float:
