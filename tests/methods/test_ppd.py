@@ -273,8 +273,9 @@ def test_auto_branch_takes_plain_steps_where_the_branch_cannot_pay(tiny, runner)
     assert r.stats.predicted_ms == pytest.approx(interpolate(FLAT, len(prompt_ids)) + 10.0 * (n - 1))
 
 
-def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(tiny):
-    model = priced(tiny(vocab_size=32, num_layers=LAYERS, seed=3), FLAT, 0.0)
+@pytest.mark.parametrize("runner", ["auto", "hf"])  # hf: the shared head runs the decoder inside a plan
+def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(tiny, runner):
+    model = priced(tiny(runner=runner, vocab_size=32, num_layers=LAYERS, seed=3), FLAT, 0.0)
     prompt_ids = model.encode("w2 w3 w4")
     expected = hf_greedy(model, prompt_ids, 30)
     # One thread as fast as two: any match pays, every token but the last has a branch.
@@ -289,5 +290,6 @@ def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(t
                                  head_cost=0.0, candidates=1)
     e = ctx.stats.method_stats
     assert tokens == expected and e.branches == 0 and e.plain_steps == 30 and e.observed == e.judged == 3
-    offline = teacher_forced_matches(model, pipe.head, prompt_ids, tokens, 1)
-    assert pipe.matches == [offline[i] for i in (7, 15, 23)] and sum(offline) / len(offline) < 0.5
+    if runner != "hf":  # (teacher-forced matches are computed with the lean runner's layers)
+        offline = teacher_forced_matches(model, pipe.head, prompt_ids, tokens, 1)
+        assert pipe.matches == [offline[i] for i in (7, 15, 23)] and sum(offline) / len(offline) < 0.5

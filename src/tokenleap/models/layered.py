@@ -118,12 +118,14 @@ class LayerStack:
             attention_mask=None) -> torch.Tensor:
         """The decoder forward under `plan` over ids [B, n] at `positions` [n]: its final-normed
         output [B, n, D] (the ids only shape the call when the plan injects hidden states)."""
-        self._local.plan = plan
+        # Reentrant: a plan's callback may itself run the stack (the shared exit head's final norm,
+        # at layer d of a main stream), and the outer plan must hold again after it.
+        outer, self._local.plan = self.plan(), plan
         try:
             out = self.decoder(input_ids=ids, position_ids=positions[None].expand(ids.shape[0], -1), cache=cache,
                                use_cache=cache is not None, attention_mask=attention_mask)
         finally:
-            self._local.plan = None
+            self._local.plan = outer
         return out.last_hidden_state
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
