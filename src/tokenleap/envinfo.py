@@ -51,7 +51,7 @@ def auto_choices(target: Any, draft: Any, curve: dict[int, float] | None = None)
     from .decoding.adaptive import best_length
     from .methods import mtad, ppd, sps
     from .methods.ppd_latency import break_even_match_rate
-    from .models.cost import CostModel, measured_curve, one_thread_ms
+    from .models.cost import CostModel, measured_batch_curve, measured_curve, one_thread_ms
     from .models.early_exit import exit_head
 
     here = measured_curve(target)
@@ -60,11 +60,13 @@ def auto_choices(target: Any, draft: Any, curve: dict[int, float] | None = None)
     out: dict[str, Any] = {"curve": {str(r): round(ms, 2) for r, ms in sorted(curve.items())}}
     if draft is not None:
         drafts = {r: ms * scale for r, ms in measured_curve(draft).items()}
-        cost = CostModel(curve, drafts[1], drafts)
+        beams = {b: ms * scale for b, ms in measured_batch_curve(draft).items()}
+        cost = CostModel(curve, drafts[1], drafts, beams)  # as the methods see it (mtad: its beams' batch curve)
         out.update(draft=draft.name, draft_ratio=round(drafts[1] / curve[1], 3))
+        width = mtad.MTADOptions.beam_width
         for name, kw in (("sps", dict(most=sps.AUTO_MOST)),
-                         ("mtad", dict(most=mtad.AUTO_MOST, least=2, width=mtad.MTADOptions.beam_width)),
-                         ("mtad-tree", dict(most=mtad.AUTO_MOST, least=2, width=mtad.MTADOptions.beam_width, tree=True))):
+                         ("mtad", dict(most=mtad.AUTO_MOST, least=2, width=width)),
+                         ("mtad-tree", dict(most=mtad.AUTO_MOST, least=2, width=width, tree=True))):
             out[name] = [dict(zip(("alpha", "gamma", "speedup"), (a, *best_length(cost, a, **kw)))) for a in ALPHAS]
     head = exit_head(target, "auto", 0)
     opts = ppd.PPDOptions()

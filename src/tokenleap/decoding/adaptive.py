@@ -13,10 +13,10 @@ While plain steps win, a round is tried anyway after EXPLORE_EVERY plain steps, 
 where drafts start to agree (a quote, code being repeated) is noticed; each try after which
 plain steps still win doubles the wait (`Exploration`: a text that keeps not paying costs a
 few tries, not one in eight steps). Only when drafting could pay at all, i.e. with every draft
-accepted. When it could not (the draft costs nearly what the
-target does, as a quantized copy of a small bf16 model can), exploring only loses time. A
-round after plain steps also pays the draft's catch-up: it feeds the tokens it sat out in one
-forward over that many rows (on this CPU an int8 draft over 9 rows costs ~2 one-row steps).
+accepted: when it could not (the draft costs nearly what the target does, as a quantized copy
+of a small bf16 model can), exploring only loses time. A round after plain steps also pays the
+draft's catch-up: it feeds the tokens it sat out in one forward over that many rows (on this
+CPU an int8 draft over 9 rows costs ~2 one-row steps).
 
 MTAD's beam drafter is priced the same way with `width` rows per draft step; its tree variant
 verifies up to width x drafts nodes in one forward (`tree`).
@@ -37,7 +37,7 @@ EXPLORE_EVERY = 8
 
 @dataclass
 class Exploration:
-    """When to try the method anyway while plain steps win (sps, mtad, ppd): after `every` plain
+    """When to try the method anyway while plain steps win (sps, mtad): after `every` plain
     steps in a row, twice as many after each such try, back to EXPLORE_EVERY once the method
     wins on its own estimate."""
 

@@ -60,6 +60,7 @@ from ..decoding.context import DecodeContext
 from ..errors import TokenleapError
 from ..models.cost import CostModel, interpolate, one_thread_ms
 from ..models.early_exit import exit_head
+from ..models.hardware import one_intra_op_thread
 from ..models.layered import StopForward
 from ..options import Options, option
 from .ppd_latency import (OBSERVE_EVERY, PRIOR_MATCHES, PRIOR_MISSES, PRIOR_TOKENS, Calibration, PPDStats,
@@ -138,11 +139,6 @@ class _Branch:
     future: Future | None = None
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-    torch.get_num_threads()  # initialise this thread's pool now, before the caller restores its own
-
-
 class Pipeline:
     """PPD over one generation: `tokens()` yields greedy tokens; `close()` stops the workers."""
 
@@ -173,7 +169,7 @@ class Pipeline:
         self.pools: list[ThreadPoolExecutor] = []
         if opts.workers == 2:
             threads = torch.get_num_threads()  # also initialises the caller's own pool first
-            self.pools = [ThreadPoolExecutor(1, thread_name_prefix=f"ppd-{name}", initializer=_one_thread)
+            self.pools = [ThreadPoolExecutor(1, thread_name_prefix=f"ppd-{name}", initializer=one_intra_op_thread)
                           for name in ("main", "branch")]
             for pool in self.pools:
                 pool.submit(lambda: None).result()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .hardware import synchronize
+from .hardware import one_intra_op_thread, synchronize
 from .kernels import choice_key, read_json_cache, write_json_cache
 from .loading import Model
 from .registry import cache_home
@@ -136,10 +136,6 @@ def measured_curve(model: Model) -> dict[int, float]:
     return model.memo(("cost-curve",), measure)
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def measured_batch_curve(model: Model) -> dict[int, float]:
     """A decoding step over `batch` sequences of one new position each, by batch (BATCHES): what
     MTAD's beams cost a draft (more than as many positions of one sequence: each has its own
@@ -175,25 +171,27 @@ def one_thread_ms(model: Model, beside: int = 3) -> float:
 def _contended_ms(model: Model, beside: int) -> float:
     threads = torch.get_num_threads()  # initialises the caller's pool before the workers start
     stop = threading.Event()
-    with ThreadPoolExecutor(1, initializer=_one_thread) as timed, \
-            ThreadPoolExecutor(1, initializer=_one_thread) as other:
-        def busy() -> None:
-            runner = model.runner
-            cache = runner.new_cache(1, 256 + beside + 8)
-            runner.forward(cache, torch.zeros(1, 256, dtype=torch.long, device=runner.device))
-            new = torch.zeros(1, beside, dtype=torch.long, device=runner.device)
-            while not stop.is_set():
-                runner.forward(cache, new)
-                cache.rollback(256)
 
-        load = other.submit(busy)
-        try:
-            ms = timed.submit(forward_ms, model, 1, 256, 10, _pick_per_row).result()
-        finally:
-            stop.set()
-            load.result()
-    torch.set_num_threads(threads)  # set_num_threads in a worker also changes new threads' default
-    return ms
+    def busy() -> None:
+        runner = model.runner
+        cache = runner.new_cache(1, 256 + beside + 8)
+        runner.forward(cache, torch.zeros(1, 256, dtype=torch.long, device=runner.device))
+        new = torch.zeros(1, beside, dtype=torch.long, device=runner.device)
+        while not stop.is_set():
+            runner.forward(cache, new)
+            cache.rollback(256)
+
+    try:
+        with ThreadPoolExecutor(1, initializer=one_intra_op_thread) as timed, \
+                ThreadPoolExecutor(1, initializer=one_intra_op_thread) as other:
+            load = other.submit(busy)
+            try:
+                return timed.submit(forward_ms, model, 1, 256, 10, _pick_per_row).result()
+            finally:
+                stop.set()
+                load.result()
+    finally:
+        torch.set_num_threads(threads)  # set_num_threads in a worker also changes new threads' default
 
 
 def interpolate(curve: dict[int, float], rows: int) -> float:

@@ -168,6 +168,14 @@ def dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
+def one_intra_op_thread() -> None:
+    """A worker thread's initializer: its ops run on one intra-op thread (PPD's two workers, the
+    cost model's one-thread measurement). Initialises the thread's pool now, so that a caller
+    restoring its own thread count afterwards is not overridden."""
+    torch.set_num_threads(1)
+    torch.get_num_threads()
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued device work, so a timer around it measures the work itself."""
     kind = torch.device(device).type
