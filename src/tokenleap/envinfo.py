@@ -49,7 +49,7 @@ def auto_choices(target: Any, draft: Any, curve: dict[int, float] | None = None)
     speedup over plain steps, on this machine's measured costs or on another target curve
     `curve` (the draft's and the one-thread costs scaled with its one-row cost)."""
     from .decoding.adaptive import best_length
-    from .methods import mtad, ppd, sps
+    from .methods import mtad, ppd
     from .methods.ppd_latency import break_even_match_rate
     from .models.cost import CostModel, measured_batch_curve, measured_curve, one_thread_ms
     from .models.early_exit import exit_head
@@ -64,9 +64,8 @@ def auto_choices(target: Any, draft: Any, curve: dict[int, float] | None = None)
         cost = CostModel(curve, drafts[1], drafts, beams)  # as the methods see it (mtad: its beams' batch curve)
         out.update(draft=draft.name, draft_ratio=round(drafts[1] / curve[1], 3))
         width = mtad.MTADOptions.beam_width
-        for name, kw in (("sps", dict(most=sps.AUTO_MOST)),
-                         ("mtad", dict(most=mtad.AUTO_MOST, least=2, width=width)),
-                         ("mtad-tree", dict(most=mtad.AUTO_MOST, least=2, width=width, tree=True))):
+        for name, kw in (("sps", {}), ("mtad", dict(least=2, width=width)),
+                         ("mtad-tree", dict(least=2, width=width, tree=True))):
             out[name] = [dict(zip(("alpha", "gamma", "speedup"), (a, *best_length(cost, a, **kw)))) for a in ALPHAS]
     head = exit_head(target, "auto", 0)
     opts = ppd.PPDOptions()

@@ -94,10 +94,9 @@ def _method_metrics(records: list[dict[str, Any]], baseline: list[dict[str, Any]
     decoding of the same weights (`same_weights`: `ar`, or `ar@quant=int8` for a column on int8
     weights; None when the run has no such column)."""
     metrics = aggregate(records)
-    base_tps = aggregate(baseline)["tokens_per_s"] if baseline else 0.0
-    metrics["speedup"] = _ratio(metrics["tokens_per_s"], base_tps) if baseline else None
-    base_ms = aggregate(baseline)["predicted_ms_per_token"] if baseline else None
-    mine_ms = metrics["predicted_ms_per_token"]
+    base = aggregate(baseline) if baseline else None
+    metrics["speedup"] = _ratio(metrics["tokens_per_s"], base["tokens_per_s"]) if base else None
+    base_ms, mine_ms = base and base["predicted_ms_per_token"], metrics["predicted_ms_per_token"]
     metrics["predicted_speedup"] = _ratio(base_ms, mine_ms) if base_ms and mine_ms else None
     metrics["exact_match"] = exact_match(records, same_weights) if greedy and same_weights else None
     return metrics

@@ -33,6 +33,7 @@ from .stats import MethodStats
 
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.2, 0.8  # a prior alpha of 0.6 worth two drafts
 EXPLORE_EVERY = 8
+AUTO_MOST = 8  # gamma=auto drafts at most this many per round (sps, mtad)
 
 
 @dataclass
@@ -62,7 +63,7 @@ def expected_tokens(alpha: float, drafts: int) -> float:
 @dataclass
 class DraftLength:
     cost: CostModel
-    most: int  # never more drafts per round than this
+    most: int = AUTO_MOST  # never more drafts per round than this
     least: int = 1  # never fewer drafts in a round than this (MTAD: a block of 2 at least)
     width: int = 1  # rows per draft step (MTAD's beams)
     tree: bool = False  # every beam of every depth verified (mtad-tree): width x drafts nodes
@@ -115,7 +116,7 @@ class DraftLength:
         return DraftLengthStats(dict(self.chosen), self.alpha)
 
 
-def best_length(cost: CostModel, alpha: float, most: int = 8, least: int = 1, width: int = 1,
+def best_length(cost: CostModel, alpha: float, most: int = AUTO_MOST, least: int = 1, width: int = 1,
                 tree: bool = False) -> tuple[int, float]:
     """What gamma=auto settles on at acceptance `alpha` on `cost`'s curves (no catch-up): the
     draft length (0 = plain steps) and its expected speedup over plain steps."""

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..drafters.base import Draft, Drafter
+from .adaptive import DraftLength
 from .cache import KVCache
 from .context import DecodeContext, decode_one_token
 from .verify import verify_chain
@@ -47,13 +48,19 @@ def chain_step(accept: ChainRule) -> Step:
     return step
 
 
-def speculative_decode(ctx: DecodeContext, drafter: Drafter, step: Step, slack: int = 64) -> Iterator[list[int]]:
+def speculative_decode(ctx: DecodeContext, drafter: Drafter, step: Step, slack: int = 64,
+                       length: DraftLength | None = None) -> Iterator[list[int]]:
     """Yield blocks of committed tokens: a speculative round while the drafter can draft, a
-    plain target step otherwise."""
+    plain target step otherwise. `length`: the drafter's adaptive draft length (gamma=auto),
+    whose choices become the run's method stats, also when the driver stops early."""
     seq = list(ctx.prompt_ids)
     cache = ctx.new_cache(ctx.target, slack=slack)
-    while (room := ctx.room(seq)) > 0:
-        n = drafter.max_drafts(room)
-        block = step(ctx, seq, cache, drafter, n) if n > 0 else [decode_one_token(ctx, seq, cache)]
-        seq.extend(block)
-        yield block
+    try:
+        while (room := ctx.room(seq)) > 0:
+            n = drafter.max_drafts(room)
+            block = step(ctx, seq, cache, drafter, n) if n > 0 else [decode_one_token(ctx, seq, cache)]
+            seq.extend(block)
+            yield block
+    finally:  # EOS, a stop string, a cancelled stream
+        if length is not None:
+            ctx.stats.method_stats = length.stats()

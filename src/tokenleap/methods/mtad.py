@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from ..decoding import accept
-from ..decoding.adaptive import DraftLength
+from ..decoding.adaptive import AUTO_MOST, DraftLength
 from ..decoding.cache import KVCache
 from ..decoding.context import DecodeContext
 from ..decoding.speculate import chain_step, speculative_decode
@@ -29,11 +29,9 @@ from ..decoding.verify import tree_depths, verify_tree
 from ..decoding.warping import pick, warp
 from ..drafters.base import Draft
 from ..drafters.beams import BeamDrafter
-from ..models.cost import CostModel
 from ..errors import TokenleapError
+from ..models.cost import CostModel
 from ..options import Options, option
-
-AUTO_MOST = 8  # gamma=auto drafts at most this many per round
 
 
 @dataclass
@@ -84,9 +82,10 @@ def tree_step(ctx: DecodeContext, seq: list[int], cache: KVCache, drafter: BeamD
 
 def _drafter(ctx: DecodeContext, tree: bool) -> BeamDrafter:
     opts = ctx.options
-    length = (DraftLength(CostModel.of(ctx.target, ctx.draft, batched=opts.beam_width > 1), AUTO_MOST, least=2, width=opts.beam_width,
-                          tree=tree)
-              if opts.gamma == 0 else None)
+    if opts.gamma:
+        return BeamDrafter(ctx, opts.gamma, opts.beam_width, opts.without_replacement)
+    cost = CostModel.of(ctx.target, ctx.draft, batched=opts.beam_width > 1)
+    length = DraftLength(cost, least=2, width=opts.beam_width, tree=tree)
     return BeamDrafter(ctx, opts.gamma, opts.beam_width, opts.without_replacement, length)
 
 
@@ -94,11 +93,7 @@ def _decode(ctx: DecodeContext, tree: bool) -> Iterator[list[int]]:
     drafter = _drafter(ctx, tree)
     step = tree_step if tree else chain_step(joint_rule(ctx))
     slack = 64 + (ctx.options.gamma or AUTO_MOST) * ctx.options.beam_width  # room for a whole tree fed at once
-    try:
-        yield from speculative_decode(ctx, drafter, step, slack=slack)
-    finally:  # also when the driver stops early
-        if drafter.length is not None:
-            ctx.stats.method_stats = drafter.length.stats()
+    return speculative_decode(ctx, drafter, step, slack=slack, length=drafter.length)
 
 
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:

@@ -25,7 +25,6 @@ from ..drafters.draft_model import DraftModelDrafter
 from ..models.cost import CostModel
 from ..options import Options, option
 
-AUTO_MOST = 8  # gamma=auto drafts at most this many per round
 
 
 @dataclass
@@ -40,11 +39,7 @@ class SPSOptions(Options):
 
 def decode(ctx: DecodeContext) -> Iterator[list[int]]:
     opts = ctx.options
-    length = DraftLength(CostModel.of(ctx.target, ctx.draft), AUTO_MOST) if opts.gamma == 0 else None
+    length = DraftLength(CostModel.of(ctx.target, ctx.draft)) if opts.gamma == 0 else None
     drafter = DraftModelDrafter(ctx, opts.gamma, opts.stop_below, length)
     rule = chain_step(lambda draft, p: accept.speculative(draft.tokens, draft.q, p, ctx.generator))
-    try:
-        yield from speculative_decode(ctx, drafter, rule)
-    finally:  # also when the driver stops early (EOS, a stop string, a cancelled stream)
-        if length is not None:
-            ctx.stats.method_stats = length.stats()
+    return speculative_decode(ctx, drafter, rule, length=length)
