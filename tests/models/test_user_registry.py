@@ -269,3 +269,37 @@ def test_a_registered_draft_artifact_is_assembled_on_the_target(tiny_dir, home):
     draft = tokenleap.get_model("withdraft-draft", dtype="fp32")  # the one sps ran with
     assert draft.config.num_hidden_layers == 1 and draft.runner.head_ids is not None
     assert Path(locate("withdraft-draft")).parent == home / "checkpoints"
+
+
+def test_the_server_and_the_bench_apply_the_entry_default_options_under_their_own(tiny_dir, home, tmp_path):
+    """Like generate(): a served or benched model brings its entry's options; a request's or a
+    bench variant's own override them."""
+    import sys
+
+    import httpx
+
+    from tokenleap.serve import create_app
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+    from serve_helpers import running_server
+
+    path = tiny_dir(vocab_size=32, seed=0)
+    write(home, '[models.opts]\npath = "%s"\ndraft = "%s"\n[models.opts.options.sps]\ngamma = 2\n' % (path, path))
+    model = tokenleap.load_model("opts", dtype="fp32")
+    body = {"model": "opts", "prompt": "w2 w3", "max_tokens": 12, "temperature": 0}
+    with running_server(create_app(model, model, default_method="sps", queue_size=2)) as url:
+        chosen = [httpx.post(f"{url}/v1/completions", json={**body, **extra}, timeout=60).json()
+                  for extra in ({}, {"tokenleap": {"method": "sps", "gamma": 3}})]
+    # The draft is the target itself (every draft accepted): gamma sets the forwards per token.
+    expected = [tokenleap.generate("w2 w3", method="sps", model=model, max_new_tokens=12, gamma=g, chat=False)
+                for g in (2, 3)]
+    assert [c["tokenleap"]["target_forwards"] for c in chosen] == [e.stats.target_forwards for e in expected]
+    assert expected[0].stats.target_forwards > expected[1].stats.target_forwards
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question_id": 1, "category": "a", "turns": ["w2 w3"]}) + "\n")
+    code = main(["bench", "--prompts", str(prompts), "--model", "opts", "--dtype", "fp32", "--max-new-tokens", "8",
+                 "--methods", "ar,sps,sps@gamma=3", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {m["name"]: m["options"].get("gamma") for m in results["methods"]} == {"ar": None, "sps": 2,
+                                                                                  "sps@gamma=3": 3}

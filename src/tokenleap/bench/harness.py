@@ -24,7 +24,7 @@ from ..models.cost import predicted_ms
 from ..models.hardware import cpu_caps
 from ..models.loading import Model
 from ..models.registry import DEFAULT_MODEL
-from ..planner import get_model, load_draft, require_draft
+from ..planner import get_model, load_draft, registered_options, require_draft
 # The pieces of a run live in their own modules; importers of this one (the bench command,
 # scripts/law_check.py, the tests) find them here too.
 from .anchors import HF_METHODS, HF_OPTIONS, assistant_settings, count_forwards, cut_at_eos, hf_generate
@@ -176,6 +176,9 @@ def progress_bar(enabled: bool) -> "Progress":
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the benchmark, write results.json (incrementally), report.md and the plots; return the results."""
     methods = plan_methods(config.methods, config.options, config.sweep_gamma)
+    for m in methods:  # the model's registered default options lie under the run's and the variant's
+        if not m.is_anchor:
+            m.options = {**registered_options(config.model, m.base), **m.options}
     prompts = load_prompts(config.prompts, config.limit, config.categories)
     if config.repeats < 1:
         raise TokenleapError(f"--repeats must be >= 1, got {config.repeats}")

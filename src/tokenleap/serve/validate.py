@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from ..errors import TokenleapError
 from ..methods import METHODS
 from ..models.loading import Model
-from ..planner import plan_generation
+from ..planner import plan_generation, registered_options
 from .engine import Plan
 from .errors import bad_request
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -126,6 +126,9 @@ class RequestPlanner:
             room = max(1, self.model.max_context - len(prompt_ids))
             max_tokens = min(16, room) if isinstance(req, CompletionRequest) else room
         try:
+            # The model's registry entry may set default options for the method: the request's
+            # own lie over them, as `generate`'s keywords do.
+            options = {**registered_options(self.model, method), **options}
             # The draft was resolved once, at start: without one, draft methods are refused.
             generation = plan_generation(
                 prompt=prompt_ids, method=method, model=self.model, draft=self.draft, registry_draft=False,
