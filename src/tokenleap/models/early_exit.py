@@ -5,11 +5,16 @@ Two kinds:
   on a 135M model the full head (49152 x 576) costs as much as ~8 layers, and it matches rarely.
 - "trained" (`ExitHead`, made by `tokenleap train early-exit`): a tuned-lens translator and a
   reduced vocabulary. h_d goes through x = h_d + A h_d + b (A, b start at zero, so training
-  starts from the shared head), the final RMSNorm (its own trainable copy), then logits over
-  the V' tokens the target emits most, using the target's own LM-head rows (frozen, not stored)
-  plus a trainable per-token bias. Cost on the critical path: D*D + V'*D multiply-adds, about
+  starts from the shared head), a trainable copy of the model's own output transform (its final
+  norm, whatever its kind: RMSNorm, Gemma's (1 + w) RMSNorm, LayerNorm with bias, OPT's norm and
+  projection), then logits over the V' tokens the target emits most, using the target's own
+  output-embedding rows (frozen, not stored) plus a trainable per-token bias, soft-capped as the
+  model's own head is (Gemma 2). Cost on the critical path: D*D + V'*D multiply-adds, about
   0.7 of a layer for D=576, V'=4096, against ~8 layers for the shared head. Tokens outside the
   V' are never candidates; that only lowers the match rate, never exactness.
+
+Both runners serve both kinds: the lean runner's layers or the HF runner's per-layer access
+(`models.layered`) give h_d, and the heads are built from the HF module either way.
 
 An artifact directory holds heads for several exit layers: heads.safetensors (bf16),
 vocab_subset.json, config.json (dimensions, layers, the layer to use by default) and training.json.
@@ -17,6 +22,7 @@ vocab_subset.json, config.json (dimensions, layers, the layer to use by default)
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -27,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..errors import TokenleapError
+from ..errors import TokenleapError, first_line
+from .layered import LayerPlan, output_modules
 from .llama import LlamaRunner
 from .registry import BUILT_IN, artifact_dir, lookup
 
@@ -49,43 +56,59 @@ def artifact_for(model_name: str) -> Path | None:
 
 
 class ExitHead(torch.nn.Module):
-    """Translator + norm + reduced-vocabulary head for one exit layer (see the module docstring)."""
+    """Translator + the model's output transform + reduced-vocabulary head for one exit layer
+    (see the module docstring)."""
 
-    def __init__(self, lm_head: torch.Tensor, vocab_ids: torch.Tensor, norm: torch.Tensor, eps: float) -> None:
+    def __init__(self, hidden: int, rows: torch.Tensor, vocab_ids: torch.Tensor, final: list[torch.nn.Module],
+                 row_bias: torch.Tensor | None = None, softcap: float | None = None) -> None:
         super().__init__()
-        hidden = lm_head.shape[1]
-        self.eps = eps
-        self.translator = torch.nn.Linear(hidden, hidden, dtype=lm_head.dtype)
+        dtype = rows.dtype
+        self.softcap = softcap
+        self.translator = torch.nn.Linear(hidden, hidden, dtype=dtype)
         torch.nn.init.zeros_(self.translator.weight)
         torch.nn.init.zeros_(self.translator.bias)
-        self.norm = torch.nn.Parameter(norm.detach().clone().to(lm_head.dtype))
-        self.bias = torch.nn.Parameter(torch.zeros(len(vocab_ids), dtype=lm_head.dtype))
+        # Copies: the head trains its own, and runs on PPD's branch worker without touching the model.
+        self.final = torch.nn.Sequential(*(copy.deepcopy(m).to(dtype) for m in final))
+        for p in self.final.parameters():
+            p.requires_grad_(True)  # the model's are frozen; the copies train
+        self.bias = torch.nn.Parameter(torch.zeros(len(vocab_ids), dtype=dtype))
         self.register_buffer("vocab_ids", vocab_ids.to(torch.long), persistent=False)
-        self.register_buffer("rows", lm_head.detach()[vocab_ids].clone(), persistent=False)
+        self.register_buffer("rows", rows.detach()[vocab_ids].to(dtype).clone(), persistent=False)
+        self.register_buffer("row_bias", None if row_bias is None else row_bias.detach()[vocab_ids].to(dtype).clone(),
+                             persistent=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., D] -> logits over the reduced vocabulary [..., V']."""
         h = h.to(self.rows.dtype)
-        x = h + self.translator(h)
-        xf = x.float()
-        x = self.norm * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return F.linear(x, self.rows, self.bias)
+        x = self.final(h + self.translator(h))
+        logits = F.linear(x, self.rows, self.bias if self.row_bias is None else self.bias + self.row_bias)
+        # The shared head's soft-capping (`LayerStack.logits`), so training starts from it exactly.
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
 
     def topk(self, h: torch.Tensor, k: int) -> torch.Tensor:
         """Full-vocabulary ids of the k best candidates ([..., D] -> [..., k])."""
         return self.vocab_ids[self(h).topk(min(k, len(self.vocab_ids)), dim=-1).indices]
 
     def cost_params(self) -> int:
-        """Multiply-adds per token: what it costs on the critical path."""
-        return self.translator.weight.numel() + self.rows.numel()
+        """Multiply-adds per token: what it costs on the critical path (a projection in the
+        output transform, OPT's, counts too; norms are negligible)."""
+        matrices = sum(p.numel() for p in self.final.parameters() if p.dim() > 1)
+        return self.translator.weight.numel() + matrices + self.rows.numel()
 
 
 def new_heads(model, layers: list[int], vocab_ids: torch.Tensor, dtype: torch.dtype = torch.float32
               ) -> dict[int, ExitHead]:
-    """Fresh heads (equal to the shared head restricted to `vocab_ids`) for the given exit layers."""
-    lm_head = model.hf_model.get_output_embeddings().weight.to(dtype)
-    norm = model.hf_model.model.norm.weight
-    return {d: ExitHead(lm_head, vocab_ids, norm, model.config.rms_norm_eps) for d in layers}
+    """Fresh heads (equal to the shared head restricted to `vocab_ids`) for the given exit layers,
+    built from the model's own modules: its output transform (`layered.output_modules`), output
+    embeddings and final soft-capping."""
+    hf = model.hf_model
+    out = hf.get_output_embeddings()
+    # A quantized head (quant= on the HF runner) keeps codes, not a weight: its dequantized rows.
+    rows = out.weight if hasattr(out, "weight") else out.qweight.dequantize()
+    text = hf.config.get_text_config(decoder=True)
+    final = output_modules(hf)
+    softcap = getattr(text, "final_logit_softcapping", None)
+    return {d: ExitHead(text.hidden_size, rows.to(dtype), vocab_ids, final, out.bias, softcap) for d in layers}
 
 
 def save_heads(heads: dict[int, ExitHead], vocab_ids: torch.Tensor, model, out: Path, extra: dict) -> None:
@@ -95,8 +118,9 @@ def save_heads(heads: dict[int, ExitHead], vocab_ids: torch.Tensor, model, out: 
                for d, head in heads.items() for name, p in head.named_parameters()}
     save_file(tensors, str(out / "heads.safetensors"), metadata={"format": "pt"})
     (out / "vocab_subset.json").write_text(json.dumps(vocab_ids.tolist()))
-    config = {"layers": sorted(heads), "hidden_size": model.config.hidden_size,
-              "num_layers": model.config.num_hidden_layers, "vocab_size": model.runner.vocab_size, **extra}
+    text = model.config.get_text_config(decoder=True)
+    config = {"layers": sorted(heads), "hidden_size": text.hidden_size, "num_layers": text.num_hidden_layers,
+              "vocab_size": model.runner.vocab_size, **extra}
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -107,8 +131,9 @@ def load_heads(path: str | Path, model, dtype: torch.dtype | None = None) -> tup
         raise TokenleapError(f"no early-exit heads in {path} (expected heads.safetensors; "
                              f"make them with `tokenleap train early-exit`)")
     config = json.loads((path / "config.json").read_text())
+    text = model.config.get_text_config(decoder=True)
     if (config["hidden_size"], config["num_layers"], config["vocab_size"]) != (
-            model.config.hidden_size, model.config.num_hidden_layers, model.runner.vocab_size):
+            text.hidden_size, text.num_hidden_layers, model.runner.vocab_size):
         raise TokenleapError(f"the early-exit heads in {path} were trained for another model "
                              f"({config['num_layers']} layers, width {config['hidden_size']}, "
                              f"vocabulary {config['vocab_size']})")
@@ -116,7 +141,14 @@ def load_heads(path: str | Path, model, dtype: torch.dtype | None = None) -> tup
     weights = load_file(str(path / "heads.safetensors"))
     heads = new_heads(model, config["layers"], vocab_ids, dtype or model.runner.dtype)
     for d, head in heads.items():
-        head.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"layer{d}.")})
+        state = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"layer{d}.")}
+        if "norm" in state:  # heads written before the output transform was a module copy: an RMSNorm weight
+            state["final.0.weight"] = state.pop("norm")
+        try:
+            head.load_state_dict(state)
+        except RuntimeError as exc:  # another output transform (a head trained on another family)
+            raise TokenleapError(f"the early-exit heads in {path} do not fit model type "
+                                 f"{model.config.model_type!r}: {first_line(exc)}") from None
         head.requires_grad_(False).eval()
     return heads, config
 
@@ -143,13 +175,10 @@ def layer_size(runner) -> int:
 def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExit:
     """The early-exit head `head` names, at layer `exit_layer` (0 = default) of `model`."""
     runner = model.runner
-    if not isinstance(runner, LlamaRunner) and head not in ("auto", "shared"):
-        raise TokenleapError(f"trained early-exit heads run on the lean runner (Llama family); model type "
-                             f"{model.config.model_type!r} runs ppd with head='shared'")
     layers = runner.num_layers
     lean = isinstance(runner, LlamaRunner)
-    path = (artifact_for(model.base_name) if head in ("auto", "trained") and lean
-            else None if head in ("shared", "auto") else Path(head))
+    path = (artifact_for(model.base_name) if head in ("auto", "trained")
+            else None if head == "shared" else Path(head))
     if head == "trained" and path is None:
         raise TokenleapError(f"no trained early-exit heads are committed for model {model.name!r}: "
                              "train them with `tokenleap train early-exit` and pass head=<path>")
@@ -165,9 +194,8 @@ def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExi
     if head == "auto":
         model.memo(("exit-heads-notice",), lambda: log.warning(
             "note: no trained early-exit heads for %s: ppd proposes with the shared head (the model's own norm "
-            "and LM head)%s", model.base_name,
-            f"; train them with `tokenleap train early-exit --model {model.base_name} --export DIR --register NAME`"
-            if lean else ""))
+            "and LM head); train them with `tokenleap train early-exit --model %s --export DIR --register NAME`",
+            model.base_name, model.base_name))
     d = exit_layer or (layers + 1) // 2
     if not 1 <= d < layers:
         raise TokenleapError(f"exit_layer must be in 1..{layers - 1} for a {layers}-layer model, got {d}")
@@ -178,8 +206,22 @@ def exit_head(model: Model, head: str = "auto", exit_layer: int = 0) -> EarlyExi
 
 @torch.no_grad()
 def exit_states(model: Model, ids: list[int], layers: list[int]) -> dict[int, torch.Tensor]:
-    """Teacher-forced hidden states [T, D] of every position of `ids` after d layers, for each d."""
+    """Teacher-forced hidden states [T, D] of every position of `ids` after d layers, for each d:
+    the lean runner's layers, or the HF runner's per-layer access (`models.layered`) with the
+    cache and masks ppd's main stream uses (sliding windows applied by position)."""
     runner = model.runner
+    if not isinstance(runner, LlamaRunner):
+        stack, wanted, out = runner.layer_stack(), set(layers), {}
+        positions = torch.arange(len(ids), device=runner.device)
+
+        def keep(i: int, h: torch.Tensor) -> None:
+            if i + 1 in wanted:
+                out[i + 1] = h[0]
+
+        # Layers past the deepest d are passed over; only the final norm runs on what is left.
+        stack.run(LayerPlan(0, max(layers), after=keep), torch.tensor([ids], device=runner.device), positions,
+                  runner.new_cache().inner, runner.masks(0, positions, None))
+        return out
     cache = runner.new_cache(1, len(ids))
     x = runner.embed(torch.tensor([ids]))
     out, done = {}, 0

@@ -10,6 +10,9 @@ passes its input through, as the calling thread's `LayerPlan` says. So a partial
 own decoder forward (its embeddings, positions, rotary tables, masks and final norm), with the
 layers outside the plan passed over. `check_split` verifies the split against the plain
 forward once per model, and a model whose forward does not split so is refused cleanly.
+
+The same structure serves the trainers: `decoder_layers` (the draft trainer picks target layers
+by it) and `output_modules` (the modules after the last layer, which a trained exit head copies).
 """
 
 from __future__ import annotations
@@ -76,6 +79,59 @@ class LayerGate(torch.nn.Module):
         return (hidden_states,) if self._stack.returns_tuple else hidden_states
 
 
+def decoder_layers(hf_model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """(the model's decoder, the name of its layer list there): `get_decoder()`, and its one child
+    `ModuleList` of num_hidden_layers modules (see the module docstring). A TokenleapError naming
+    the model type when there is not exactly one."""
+    decoder = hf_model.get_decoder()
+    num_layers = hf_model.config.get_text_config(decoder=True).num_hidden_layers
+    names = [name for name, m in decoder.named_children()
+             if isinstance(m, torch.nn.ModuleList) and len(m) == num_layers]
+    if len(names) != 1:
+        raise TokenleapError(f"cannot find the decoder layers of model type {hf_model.config.model_type!r} "
+                             "(no single list of num_hidden_layers modules in its decoder)")
+    return decoder, names[0]
+
+
+@torch.no_grad()
+def output_modules(hf_model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder's own modules that turn its last layer's output into what the output
+    embeddings read (the final norm; OPT's final norm and projection), in the order they run.
+
+    Found by watching a tiny plain forward (the decoder's children that run after its last layer),
+    not from attribute names, and checked: applied in turn to the last layer's output they must
+    give the decoder's output, else a TokenleapError naming the model type (a trained early-exit
+    head copies them, so they must be the whole transform)."""
+    decoder, name = decoder_layers(hf_model)
+    last = getattr(decoder, name)[-1]
+    last_out: list[torch.Tensor] = []
+    ran_after: list[torch.nn.Module] = []
+
+    def watch(module: torch.nn.Module):
+        def hook(_m, _args, out) -> None:
+            if module is last:
+                last_out.append(out[0] if isinstance(out, tuple) else out)
+            elif last_out:  # ran after the last layer (rotary tables, embeddings run before it)
+                ran_after.append(module)
+        return hook
+
+    watched = [last] + [m for n, m in decoder.named_children() if n != name]
+    hooks = [m.register_forward_hook(watch(m)) for m in watched]
+    try:
+        want = decoder(input_ids=torch.tensor([[1, 2]], device=hf_model.device)).last_hidden_state
+    finally:
+        for h in hooks:
+            h.remove()
+    x = last_out[0] if last_out else None
+    for m in ran_after if x is not None else ():
+        x = m(x)
+    if x is None or x.shape != want.shape or not torch.allclose(x.float(), want.float(), atol=1e-3, rtol=1e-3):
+        raise TokenleapError(f"cannot find the output transform (final norm) of model type "
+                             f"{hf_model.config.model_type!r}: the modules its decoder runs after its last layer "
+                             "do not give its output")
+    return ran_after
+
+
 class LayerStack:
     """A gated view of one transformers model's decoder (made once per runner:
     `HFRunner.layer_stack`). Building one runs a tiny plain forward; a model whose decoder
@@ -83,17 +139,12 @@ class LayerStack:
 
     def __init__(self, hf_model: torch.nn.Module) -> None:
         self.hf_model = hf_model
-        original = hf_model.get_decoder()
+        original, name = decoder_layers(hf_model)
         self.num_layers = hf_model.config.get_text_config(decoder=True).num_hidden_layers
-        names = [name for name, m in original.named_children()
-                 if isinstance(m, torch.nn.ModuleList) and len(m) == self.num_layers]
-        if len(names) != 1:
-            raise TokenleapError(f"cannot find the decoder layers of model type {hf_model.config.model_type!r} "
-                                 "(no single list of num_hidden_layers modules in its decoder)")
         self._local = threading.local()
         # What a layer returns (a tensor, or a tuple led by it): seen once on a plain forward.
         seen: list[bool] = []
-        layers = getattr(original, names[0])
+        layers = getattr(original, name)
         hook = layers[0].register_forward_hook(lambda _m, _a, out: seen.append(isinstance(out, tuple)))
         try:
             with torch.no_grad():
@@ -106,7 +157,7 @@ class LayerStack:
         self.decoder = copy.copy(original)
         self.decoder._modules = dict(original._modules)
         self.layers = torch.nn.ModuleList(LayerGate(layer, i, self) for i, layer in enumerate(layers))
-        self.decoder._modules[names[0]] = self.layers
+        self.decoder._modules[name] = self.layers
 
     def plan(self) -> LayerPlan | None:
         return getattr(self._local, "plan", None)

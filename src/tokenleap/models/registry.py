@@ -133,33 +133,13 @@ SUBSET_FILE = "tokenleap_vocab_subset.json"  # beside a checkpoint: the lean run
 
 
 def assemble_draft(artifact: Path, target_dir: Path, out: Path) -> Path:
-    """Build an ordinary HF Llama directory from a committed draft artifact (layers, norm, config,
-    vocabulary subset) plus the target's embeddings (the draft's tied head) and tokenizer."""
-    import json
-    import shutil
+    """An ordinary HF checkpoint of the target's family from a draft artifact (its layers, norm,
+    config, vocabulary subset) plus the target's shared embeddings/head and tokenizer
+    (`draft_assembly`, any family)."""
+    # Deferred: it needs transformers, which reading the registry does not.
+    from .draft_assembly import assemble_draft as assemble
 
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    if (out / "model.safetensors").is_file():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = load_file(str(artifact / "draft_layers.safetensors"))
-    layer_dtype = next(iter(weights.values())).dtype
-    with safe_open(str(target_dir / "model.safetensors"), "pt") as f:
-        weights["model.embed_tokens.weight"] = f.get_tensor("model.embed_tokens.weight").to(layer_dtype)
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((artifact / "config.json").read_text())
-    config.update(dtype=str(layer_dtype).removeprefix("torch."), tie_word_embeddings=True)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    for name in os.listdir(target_dir):
-        if name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
-            shutil.copy(target_dir / name, tmp / name)
-    shutil.copy(artifact / "vocab_subset.json", tmp / SUBSET_FILE)
-    tmp.rename(out)  # atomic: never a half-built checkpoint
-    return out
+    return assemble(artifact, target_dir, out, SUBSET_FILE)
 
 
 def smollm2_draft(target_dir: Path) -> Path:

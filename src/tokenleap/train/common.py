@@ -42,16 +42,3 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return torch.load(path, weights_only=False) if path.is_file() else None
 
-
-def require_llama_family(target, what: str) -> None:
-    """The draft and early-exit trainers build Llama-shaped modules (a Llama draft, RMSNorm exit
-    heads on the lean runner's layers): a clean error for any other family, naming what runs
-    on it without training."""
-    from ..errors import TokenleapError
-    from ..models.llama import LlamaRunner
-
-    if not isinstance(target.runner, LlamaRunner):
-        alternative = "draft='self:int8' needs no training" if what == "draft" else "ppd runs with head='shared'"
-        raise TokenleapError(f"tokenleap train {what} builds Llama-family modules; model type "
-                             f"{target.config.model_type!r} runs on the HF runner ({alternative}; "
-                             "`tokenleap train lookahead` trains any family)")

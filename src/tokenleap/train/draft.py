@@ -2,18 +2,22 @@
 
 1. data: the target answers training prompts (disjoint from Spec-Bench) — greedily, the way the
    benchmark decodes — and we store, for every generated position, its top-k log-probs.
-2. model: a few of the target's own layers at the target's width, sharing its embeddings and
-   tied LM head (frozen), so only the layers and the final norm train.
+2. model: a model of the target's own family (its transformers class, its config with fewer
+   layers) holding a few of the target's layers, sharing its token embeddings and output head
+   (frozen), so only the layers, the final norm and whatever else the family has outside its
+   layers (GPT-2's position embeddings, OPT's projections) train.
 3. loss: cross-entropy of the draft against the target's top-k distribution, restricted to a
    reduced vocabulary (the most frequent generated tokens). The reduced head is what makes a
    draft forward cheap; verification stays exact because the draft simply never proposes
    tokens outside it.
-4. export: the trained layers (bf16) + config + vocabulary subset, small enough to commit; the
-   embeddings are taken from the target when the draft is loaded.
+4. export: the trained weights (bf16) + config + vocabulary subset, small enough to commit; the
+   embeddings and head are taken from the target when the draft is assembled
+   (`models.draft_assembly`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -24,12 +28,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedConfig, PreTrainedModel
 
 from ..errors import TokenleapError
+from ..models.draft_assembly import shared_weights
+from ..models.layered import decoder_layers
 from ..models.loading import Model
 from ..options import Options, option
-from .common import load_checkpoint, mixed_precision, progress, require_llama_family, save_checkpoint, seed_everything
+from .common import load_checkpoint, mixed_precision, progress, save_checkpoint, seed_everything
 from .prompts import corpus_prompts, document_prompts, training_prompts
 
 SHARD_SIZE = 96
@@ -170,26 +176,51 @@ def vocabulary_subset(records: list[dict], size: int, always: set[int]) -> torch
 
 
 # -- 2. model -----------------------------------------------------------------------------
-def init_draft(target: Model, layers: list[int]) -> LlamaForCausalLM:
-    """A Llama with the chosen target layers, the target's embeddings/head (tied) and norm."""
-    cfg = LlamaConfig(**{k: v for k, v in target.config.to_dict().items()
-                         if k not in ("num_hidden_layers", "architectures", "dtype", "torch_dtype")})
-    cfg.num_hidden_layers = len(layers)
-    cfg.tie_word_embeddings = True
-    draft = LlamaForCausalLM(cfg).float()
-    src = target.hf_model.model
+def draft_config(config: PreTrainedConfig, layers: list[int]) -> PreTrainedConfig:
+    """The target's own config with only `layers` kept. Per-layer fields follow the kept layers:
+    `layer_types` (which layers slide: Gemma 2/3, Qwen, Mistral's windows) is sliced, and
+    transformers gives each layer of the draft its own index (the cache's) when it builds it."""
+    config = copy.deepcopy(config)
+    text = config.get_text_config(decoder=True)
+    kinds = getattr(text, "layer_types", None)
+    text.num_hidden_layers = len(layers)
+    if kinds is not None:
+        text.layer_types = [kinds[j] for j in layers]
+    return config
+
+
+def init_draft(target: Model, layers: list[int]) -> PreTrainedModel:
+    """A model of the target's family (its own transformers class) with the chosen target layers,
+    and everything else of the target's: token embeddings and head (shared and frozen; tied as
+    the target's are), final norm, and whatever the family has outside its layers."""
+    hf = target.hf_model
+    total = hf.config.get_text_config(decoder=True).num_hidden_layers
+    if not layers or any(not 0 <= j < total for j in layers):
+        raise TokenleapError(f"draft layers must be in 0..{total - 1} for a {total}-layer target, got {layers}")
+    draft = type(hf)(draft_config(hf.config, layers)).float()
+    # The layers are found from the models' own structure (`models.layered`), not by attribute name.
+    src_decoder, src_name = decoder_layers(hf)
+    dst_decoder, dst_name = decoder_layers(draft)
+    src_layers, dst_layers = getattr(src_decoder, src_name), getattr(dst_decoder, dst_name)
+    prefix = next(name for name, m in hf.named_modules() if m is src_layers) + "."
     with torch.no_grad():
-        draft.model.embed_tokens.weight.copy_(src.embed_tokens.weight)
-        draft.model.norm.weight.copy_(src.norm.weight)
+        rest = {k: v for k, v in hf.state_dict().items() if not k.startswith(prefix)}
+        missing, unexpected = draft.load_state_dict(rest, strict=False)
         for i, j in enumerate(layers):
-            draft.model.layers[i].load_state_dict(src.layers[j].state_dict())
-    draft.model.embed_tokens.weight.requires_grad_(False)
+            dst_layers[i].load_state_dict(src_layers[j].state_dict())
+    if unexpected or any(not k.startswith(prefix) for k in missing):
+        raise TokenleapError(f"cannot build a draft of model type {hf.config.model_type!r}: its weights outside "
+                             f"the layers do not fit a shorter model ({(unexpected or missing)[0]})")
+    shared = shared_weights(draft)
+    for name, p in draft.named_parameters(remove_duplicate=False):
+        if name in shared:
+            p.requires_grad_(False)
     return draft
 
 
-def load_layers(draft: LlamaForCausalLM, artifact_dir: Path) -> None:
-    """Start from an exported draft's layers and norm (e.g. to continue on new data: the layers
-    do not depend on the vocabulary subset, which is recomputed from the data)."""
+def load_layers(draft: PreTrainedModel, artifact_dir: Path) -> None:
+    """Start from an exported draft's weights (e.g. to continue on new data: they do not depend
+    on the vocabulary subset, which is recomputed from the data)."""
     path = artifact_dir / "draft_layers.safetensors"
     if not path.is_file():
         raise TokenleapError(f"--init-from: no draft_layers.safetensors in {artifact_dir}")
@@ -198,9 +229,9 @@ def load_layers(draft: LlamaForCausalLM, artifact_dir: Path) -> None:
             {k: v.float() for k, v in load_file(str(path)).items()}, strict=False)
     except RuntimeError:  # shapes differ: another width or head layout
         missing, unexpected = [], ["(size mismatch)"]
-    if unexpected or any(not k.startswith(("model.embed_tokens", "lm_head")) for k in missing):
-        raise TokenleapError(f"--init-from: {path} does not fit a {draft.config.num_hidden_layers}-layer "
-                             "draft of this target")
+    if unexpected or set(missing) - shared_weights(draft):
+        layers = draft.config.get_text_config(decoder=True).num_hidden_layers
+        raise TokenleapError(f"--init-from: {path} does not fit a {layers}-layer draft of this target")
 
 
 # -- 3. training --------------------------------------------------------------------------
@@ -221,7 +252,16 @@ def batches(records: list[dict], tokens_per_step: int, rng: random.Random):
         yield from groups
 
 
-def distill_loss(draft: LlamaForCausalLM, batch: list[dict], subset: torch.Tensor, remap: torch.Tensor
+def reduced_logits(draft: PreTrainedModel, hidden: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
+    """The draft's own head (its output embeddings, bias and final soft-capping: Gemma 2's) on its
+    decoder's output, over the reduced vocabulary only: what the full head gives, at those ids."""
+    out = draft.get_output_embeddings()
+    logits = F.linear(hidden, out.weight[subset], None if out.bias is None else out.bias[subset])
+    cap = getattr(draft.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def distill_loss(draft: PreTrainedModel, batch: list[dict], subset: torch.Tensor, remap: torch.Tensor
                  ) -> tuple[torch.Tensor, float]:
     """Cross-entropy of the reduced-vocabulary draft against the target's renormalised top-k.
     Returns (loss, top-1 agreement with the target on this batch)."""
@@ -229,8 +269,7 @@ def distill_loss(draft: LlamaForCausalLM, batch: list[dict], subset: torch.Tenso
     ids = torch.zeros(len(batch), width, dtype=torch.long)  # right padding: real positions never see it
     for b, r in enumerate(batch):
         ids[b, : len(r["ids"])] = r["ids"].long()
-    hidden = draft.model(input_ids=ids).last_hidden_state
-    head = draft.model.embed_tokens.weight[subset]
+    hidden = draft.get_decoder()(input_ids=ids).last_hidden_state
     rows, tgt_ids, tgt_p = [], [], []
     for b, r in enumerate(batch):
         n = len(r["topk_ids"])
@@ -239,7 +278,7 @@ def distill_loss(draft: LlamaForCausalLM, batch: list[dict], subset: torch.Tenso
         p = r["topk_logp"].float().exp() * (local >= 0)
         tgt_ids.append(local.clamp_min(0))
         tgt_p.append(p / p.sum(-1, keepdim=True).clamp_min(1e-9))
-    logq = F.linear(torch.cat(rows), head).float().log_softmax(-1)
+    logq = reduced_logits(draft, torch.cat(rows), subset).float().log_softmax(-1)
     tgt_ids, tgt_p = torch.cat(tgt_ids), torch.cat(tgt_p)
     loss = -(tgt_p * logq.gather(-1, tgt_ids)).sum(-1).mean()
     agree = (logq.argmax(-1) == tgt_ids[:, 0]).float().mean().item()
@@ -247,7 +286,7 @@ def distill_loss(draft: LlamaForCausalLM, batch: list[dict], subset: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate(draft: LlamaForCausalLM, records: list[dict], subset, remap) -> tuple[float, float]:
+def evaluate(draft: PreTrainedModel, records: list[dict], subset, remap) -> tuple[float, float]:
     draft.eval()
     losses, agrees = [], []
     for i in range(0, len(records), 8):
@@ -261,7 +300,6 @@ def evaluate(draft: LlamaForCausalLM, records: list[dict], subset, remap) -> tup
 
 def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path | None = None) -> dict:
     """Run (or resume) the whole pipeline; returns the final metrics."""
-    require_llama_family(target, "draft")
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)  # with --data nothing else creates it
@@ -328,12 +366,14 @@ def train_draft(target: Model, cfg: DraftTrainConfig, artifact_dir: str | Path |
 
 
 # -- 4. export ----------------------------------------------------------------------------
-def export_draft(draft: LlamaForCausalLM, subset: torch.Tensor, cfg: DraftTrainConfig, metrics: dict,
+def export_draft(draft: PreTrainedModel, subset: torch.Tensor, cfg: DraftTrainConfig, metrics: dict,
                  artifact_dir: Path) -> None:
-    """Write what is committed: layers + norm (bf16), config, vocabulary subset, training record."""
+    """Write what is committed: the draft's own weights (bf16: everything but the target's
+    embeddings and head), its config (the target's family's), vocabulary subset, training record."""
     artifact_dir.mkdir(parents=True, exist_ok=True)
+    shared = shared_weights(draft)
     weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in draft.state_dict().items()
-               if not k.startswith(("model.embed_tokens", "lm_head"))}
+               if k not in shared}
     save_file(weights, str(artifact_dir / "draft_layers.safetensors"), metadata={"format": "pt"})
     draft.config.to_json_file(str(artifact_dir / "config.json"))
     (artifact_dir / "vocab_subset.json").write_text(json.dumps(subset.tolist()))

@@ -4,7 +4,8 @@
    exactly the records of `tokenleap train draft` (`--data` reuses a draft run's shards; else
    they are written here with the same code). The last shard is held out.
 2. features: the frozen target's hidden state after d layers, for every exit layer d being
-   trained, at the positions that predict a generated token (computed once, cached per shard).
+   trained, at the positions that predict a generated token (computed once, cached per shard),
+   from the lean runner's layers or, for any other family, the HF runner's per-layer access.
 3. heads: one tuned-lens translator + reduced-vocabulary head per exit layer, trained jointly
    with the cross-entropy against the target's renormalised top-k (what the final layers would
    say), like the draft trainer's loss. Only the heads train; the target is never touched.
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import TokenleapError
 from ..methods.ppd_latency import simulate_latency
 from ..models.early_exit import ExitHead, exit_states, layer_size, new_heads, save_heads
 from ..models.loading import Model
 from ..options import Options, option
-from .common import load_checkpoint, progress, require_llama_family, save_checkpoint, seed_everything
+from .common import load_checkpoint, progress, save_checkpoint, seed_everything
 from .draft import DraftTrainConfig, dataset_shards, load_records, vocabulary_subset
 
 
@@ -136,11 +138,16 @@ def evaluate(heads: dict[int, ExitHead], data: dict, remap: torch.Tensor, num_la
 def train_early_exit(target: Model, cfg: EarlyExitTrainConfig, artifact_dir: str | Path | None = None,
                      command: str = "") -> dict:
     """Run (or resume) the whole pipeline; returns the final metrics."""
-    require_llama_family(target, "early-exit")
+    if hasattr(target.runner, "layer_stack"):  # the HF runner: refused up front where it has no per-layer access
+        try:
+            target.runner.layer_stack()
+        except TokenleapError as exc:
+            raise TokenleapError(f"tokenleap train early-exit needs the hidden states after the exit layers: {exc}"
+                                 ) from None
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    num_layers = target.config.num_hidden_layers
+    num_layers = target.runner.num_layers
     layers = sorted({int(x) for x in cfg.layers.split(",") if 0 < int(x) < num_layers})
     if not layers:
         raise ValueError(f"no exit layer in {cfg.layers!r} lies in 1..{num_layers - 1}")
