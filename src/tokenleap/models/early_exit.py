@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import TokenleapError, first_line
-from .layered import LayerPlan, output_modules
+from .layered import LayerPlan, final_logit_cap, output_modules, soft_cap
 from .llama import LlamaRunner
 from .registry import BUILT_IN, artifact_dir, lookup
 
@@ -83,7 +83,7 @@ class ExitHead(torch.nn.Module):
         x = self.final(h + self.translator(h))
         logits = F.linear(x, self.rows, self.bias if self.row_bias is None else self.bias + self.row_bias)
         # The shared head's soft-capping (`LayerStack.logits`), so training starts from it exactly.
-        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
+        return soft_cap(logits, self.softcap)
 
     def topk(self, h: torch.Tensor, k: int) -> torch.Tensor:
         """Full-vocabulary ids of the k best candidates ([..., D] -> [..., k])."""
@@ -107,8 +107,8 @@ def new_heads(model, layers: list[int], vocab_ids: torch.Tensor, dtype: torch.dt
     rows = out.weight if hasattr(out, "weight") else out.qweight.dequantize()
     text = hf.config.get_text_config(decoder=True)
     final = output_modules(hf)
-    softcap = getattr(text, "final_logit_softcapping", None)
-    return {d: ExitHead(text.hidden_size, rows.to(dtype), vocab_ids, final, out.bias, softcap) for d in layers}
+    cap = final_logit_cap(hf.config)
+    return {d: ExitHead(text.hidden_size, rows.to(dtype), vocab_ids, final, out.bias, cap) for d in layers}
 
 
 def save_heads(heads: dict[int, ExitHead], vocab_ids: torch.Tensor, model, out: Path, extra: dict) -> None:

@@ -132,6 +132,16 @@ def output_modules(hf_model: torch.nn.Module) -> list[torch.nn.Module]:
     return ran_after
 
 
+def final_logit_cap(config) -> float | None:
+    """The final logit soft-capping a model's config asks for (Gemma 2), or None."""
+    return getattr(config.get_text_config(decoder=True), "final_logit_softcapping", None)
+
+
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(logits / cap), as the model's own head applies it; logits unchanged without a cap."""
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 class LayerStack:
     """A gated view of one transformers model's decoder (made once per runner:
     `HFRunner.layer_stack`). Building one runs a tiny plain forward; a model whose decoder
@@ -189,9 +199,7 @@ class LayerStack:
     def logits(self, normed: torch.Tensor) -> torch.Tensor:
         """Output embeddings on final-normed states, with the final soft-capping the model's
         config asks for (Gemma 2)."""
-        logits = self.hf_model.get_output_embeddings()(normed)
-        cap = getattr(self.hf_model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return soft_cap(self.hf_model.get_output_embeddings()(normed), final_logit_cap(self.hf_model.config))
 
     def layer_size(self) -> int:
         """Parameters of one layer: PPD's latency unit (multiply-adds per token)."""

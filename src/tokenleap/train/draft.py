@@ -32,7 +32,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedConfig,
 
 from ..errors import TokenleapError
 from ..models.draft_assembly import shared_weights
-from ..models.layered import decoder_layers
+from ..models.layered import decoder_layers, final_logit_cap, soft_cap
 from ..models.loading import Model
 from ..options import Options, option
 from .common import load_checkpoint, mixed_precision, progress, save_checkpoint, seed_everything
@@ -257,8 +257,7 @@ def reduced_logits(draft: PreTrainedModel, hidden: torch.Tensor, subset: torch.T
     decoder's output, over the reduced vocabulary only: what the full head gives, at those ids."""
     out = draft.get_output_embeddings()
     logits = F.linear(hidden, out.weight[subset], None if out.bias is None else out.bias[subset])
-    cap = getattr(draft.config.get_text_config(decoder=True), "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return soft_cap(logits, final_logit_cap(draft.config))
 
 
 def distill_loss(draft: PreTrainedModel, batch: list[dict], subset: torch.Tensor, remap: torch.Tensor
