@@ -14,6 +14,7 @@ import tokenleap
 from reference import hf_greedy
 from tokenleap.cli import main as cli_main
 from tokenleap.methods import ppd
+from tokenleap.methods.ppd_latency import PLAIN_FIRST, Calibration
 from tokenleap.decoding.adaptive import EXPLORE_EVERY
 from tokenleap.models.cost import interpolate
 from tokenleap.models.early_exit import teacher_forced_matches
@@ -274,14 +275,18 @@ def test_auto_branch_takes_plain_steps_where_the_branch_cannot_pay(tiny, runner)
 
 
 @pytest.mark.parametrize("runner", ["auto", "hf"])  # hf: the shared head runs the decoder inside a plan
-def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(tiny, runner):
+def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(tiny, runner, monkeypatch):
+    # The choices follow the priced costs alone: a tiny model's real timings say nothing (the
+    # calibration against them is the next test's).
+    monkeypatch.setattr(Calibration, "add", lambda self, measured_ms, predicted_ms: None)
     model = priced(tiny(runner=runner, vocab_size=32, num_layers=LAYERS, seed=3), FLAT, 0.0)
     prompt_ids = model.encode("w2 w3 w4")
     expected = hf_greedy(model, prompt_ids, 30)
-    # One thread as fast as two: any match pays, every token but the last has a branch.
+    # One thread as fast as two: any match pays, every token has a branch but the prompt's, the
+    # first PLAIN_FIRST ones (plain, timed) and the last (no room).
     r = tokenleap.generate(prompt_ids, method="ppd", model=priced(model, FLAT, 10.0), max_new_tokens=30,
                            exit_layer=3, head_cost=0.0)
-    assert r.token_ids == expected and r.stats.method_stats.plain_steps == 1  # the last token: no room
+    assert r.token_ids == expected and r.stats.method_stats.plain_steps == 2 + PLAIN_FIRST
     # One thread at 1.6x: the branch pays only above p = 0.75 (l=6, d=3, h=0: (1 - p/2) 16 < 10), which
     # this head's few matches never lift the estimate to; at p = 1 it would pay, so every 8th plain
     # step looks at the exit head's candidates at layer d (tokens 8, 16 and 24 of 30) and counts
@@ -293,3 +298,21 @@ def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(t
     if runner != "hf":  # (teacher-forced matches are computed with the lean runner's layers)
         offline = teacher_forced_matches(model, pipe.head, prompt_ids, tokens, 1)
         assert pipe.matches == [offline[i] for i in (7, 15, 23)] and sum(offline) / len(offline) < 0.5
+
+
+def test_auto_branch_judges_pipelined_tokens_against_what_plain_steps_really_cost(tiny):
+    """Both kinds of token are timed against their price. Plain steps that run at about half the
+    curve's price make a branch that pays by the curve (7 < 10: p = 0.6 a priori, l=6, d=3, h=0,
+    one thread as fast as two) lose to them; before any plain step is timed it still runs."""
+    model = priced(tiny(vocab_size=32, num_layers=LAYERS, seed=3), FLAT, 10.0)
+    ctx = plan_generation(prompt=model.encode("w2 w3 w4"), method="ppd", model=model, max_new_tokens=8,
+                          temperature=0.0, top_k=0, top_p=1.0, seed=0,
+                          options=dict(branch="auto", exit_layer=3, head_cost=0.0)).ctx
+    pipe, one_row = ppd.Pipeline(ctx), ppd._Stream(None, start=4)
+    assert pipe._pipelined(one_row, emitted=PLAIN_FIRST + 1)
+    assert not pipe._pipelined(one_row, emitted=PLAIN_FIRST)  # the first tokens are plain, timed
+    assert not pipe._pipelined(ppd._Stream(torch.tensor([[2, 3]]), start=0), emitted=PLAIN_FIRST + 1)  # a prompt
+    pipe.plain_calibration.add(measured_ms=50.0, predicted_ms=100.0)  # ten plain steps at half their price
+    pipe.calibration.add(measured_ms=70.0, predicted_ms=70.0)  # ten pipelined tokens at their price
+    assert not pipe._pipelined(one_row, emitted=PLAIN_FIRST + 1)
+    pipe.close()

@@ -43,10 +43,13 @@ class StaticKVCache:
     """Pre-allocated per-layer K/V tensors [batch, kv_heads, capacity, head_dim] and a cursor."""
 
     def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
-                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+                 dtype: torch.dtype, device: torch.device | str = "cpu", zeroed: bool = True) -> None:
+        # zeroed=False leaves the slots uninitialised, for a user that writes every slot before
+        # reading it: its pages are then touched only when used (a fault costs ~10 us in a VM).
         shape = (batch, kv_heads, capacity, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        new = torch.zeros if zeroed else torch.empty
+        self.keys = [new(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [new(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.length = 0
 
     @property

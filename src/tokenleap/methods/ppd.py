@@ -7,16 +7,15 @@ a *branch* starts running them (k rows of one computation, at position n+1) thro
 exactly greedy. If x_(n+1) is a candidate, its branch row is promoted: its K/V is copied into
 the committed cache and the stream for x_(n+1) starts l-d layers deep; else it starts at layer 1.
 
-Memory (the lean runner; the HF runner's layout, in `ppd_layers.HFLayers`, is the same idea
-with two caches and is checked exact in fp32). The cache has k+1 batch rows. Row 0 is the
-committed cache: verified tokens only, so nothing is ever rolled back. Rows 1..k are the
-branch's scratch rows: per layer, a replica of the committed prefix (copied from row 0
+Memory (`ppd_layers`: the same layout on both runners, checked exact in fp32 on the HF one).
+The committed cache holds verified tokens only, so nothing is ever rolled back. A second cache
+holds the branch's k scratch rows: per layer, a replica of the committed prefix (copied
 lazily, by the branch worker, just before it needs that layer) and at position n+1 each
 candidate's own K/V. A branch step is then an ordinary batched decode step, the very kernels
-plain decoding runs, so a promoted row is bit-identical to what
-`ar` computes, in bf16 too (a masked tree attention over shared slots rounds differently, and
-bf16 greedy would drift after near-ties). Promotion copies the row's K/V at n+1 into row 0. The
-next main stream writes row 0 only, so nobody waits for a dropped branch to finish its layer.
+plain decoding runs, so a promoted row is bit-identical to what `ar` computes, in bf16 too (a
+masked tree attention over shared slots rounds differently, and bf16 greedy would drift after
+near-ties). Promotion copies the row's K/V at n+1 into the committed cache. The next main
+stream writes that cache only, so nobody waits for a dropped branch to finish its layer.
 
 Execution. workers=2: two persistent threads with one intra-op thread each (PyTorch drops the
 GIL inside ops, so they really run on two cores); a promoted branch is stopped at a layer
@@ -33,10 +32,11 @@ Whether to run the branch at all (branch=auto, the default). On two cores each w
 intra-op thread: a pipelined token costs its main-stream layers at the one-thread step cost c1
 (measured with k-row forwards beside it), a plain step on the caller's thread both cores (c2,
 `ar`'s). With match rate p the branch gains when (1 - p (1 - (d+h)/l)) c1 < c2 (the spec's
-model, `ppd_latency.pipelined_ms`); p is estimated online, and pipelined tokens' measured over
-predicted time too (`ppd_latency.Calibration`). Otherwise a token is a plain step, every 8th
-one computing the exit head's candidates at layer d (h/l of a step) to count a match, so p
-keeps being estimated. Every token is the main stream's argmax: exact. (workers=1: the branch
+model, `ppd_latency.pipelined_ms`); p is estimated online, and each kind of token's measured
+over priced time (`ppd_latency.Calibration`): the first tokens are plain, timed, so pipelined
+ones are judged against what `ar` really costs (fp32 here: a curve of 37 ms, steps of 34).
+Otherwise a token is a plain step, every 8th computing the exit head's candidates at layer d
+(h/l of a step) to count a match, so p keeps being estimated. The prompt is never pipelined. Every token is the main stream's argmax: exact. (workers=1: the branch
 runs after main, it never pays.) The predicted time (`DecodeStats.predicted_ms`) is the run's
 schedule priced with c1 and c2.
 
@@ -63,8 +63,8 @@ from ..models.early_exit import exit_head
 from ..models.hardware import one_intra_op_thread
 from ..models.layered import StopForward
 from ..options import Options, option
-from .ppd_latency import (OBSERVE_EVERY, PRIOR_MATCHES, PRIOR_MISSES, PRIOR_TOKENS, Calibration, PPDStats,
-                          pipelined_ms, simulate_latency)
+from .ppd_latency import (OBSERVE_EVERY, PLAIN_FIRST, PRIOR_MATCHES, PRIOR_MISSES, PRIOR_TOKENS, Calibration,
+                          PPDStats, pipelined_ms, simulate_latency)
 from .ppd_layers import layers_for
 
 
@@ -159,7 +159,9 @@ class Pipeline:
         self.c2 = interpolate(self.curve, 1)
         self.c1 = one_thread_ms(ctx.target, opts.candidates) if opts.workers == 2 else self.c2
         self.plain_run = 0
+        # Measured over priced time, per kind of token; pipelined ones start from the plain ratio.
         self.calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c1)
+        self.plain_calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c2)
         self.predicted_ms = 0.0
         self.counts = dict(tokens=0, plain=0, observed=0, branches=0, released=0, layers_main=0, layers_promoted=0,
                            layers_branch=0, branch_layers_max=0)
@@ -260,12 +262,16 @@ class Pipeline:
             self.counts["released"] += 1
 
     # -- the loop --------------------------------------------------------------------------
-    def _pipelined(self) -> bool:
-        """Run this token's branch? (Always with branch=always; else as the model-level docstring says.)"""
+    def _pipelined(self, stream: _Stream, emitted: int) -> bool:
+        """Run this token's branch? Always with branch=always; else as the module docstring says:
+        not for the prompt nor the first PLAIN_FIRST tokens, then while the cost model says it pays."""
         if self.always:
             return True
+        if (stream.ids is not None and stream.ids.shape[1] > 1) or emitted <= PLAIN_FIRST:
+            return False
         p = (sum(self.matches) + PRIOR_MATCHES) / (len(self.matches) + PRIOR_MATCHES + PRIOR_MISSES)
-        return self._branch_ms(p) * self.calibration.ratio < self.c2
+        plain = self.plain_calibration.ratio()
+        return self._branch_ms(p) * self.calibration.ratio(prior=plain) < self.c2 * plain
 
     def _observing(self, stream: _Stream) -> bool:
         """Look at the exit head's candidates during this plain step? Every OBSERVE_EVERY-th plain
@@ -295,7 +301,7 @@ class Pipeline:
         while ctx.room(seq) > 0:
             pos = len(seq)  # the position of the token this stream emits
             progress = _Progress(stream.done)
-            pipelined = ctx.room(seq) > 1 and self._pipelined()
+            pipelined = ctx.room(seq) > 1 and self._pipelined(stream, len(seq) - len(ctx.prompt_ids))
             branch = _Branch(pos, progress) if pipelined else None
             priced, started = self._price(stream, pipelined and bool(self.pools)), time.perf_counter()
             if branch is None:  # a plain step, on the caller's thread with all its threads
@@ -330,8 +336,9 @@ class Pipeline:
                 self._reap(wait=match)
             if stream is None:
                 stream = _Stream(torch.tensor([[token]]), start=pos)
-            if branch is not None and len(seq) > len(ctx.prompt_ids):  # (the prompt's forward: not a step)
-                self.calibration.add(1e3 * (time.perf_counter() - started), priced)
+            if len(seq) > len(ctx.prompt_ids):  # (the prompt's forward: not a step)
+                measured = self.calibration if branch is not None else self.plain_calibration
+                measured.add(1e3 * (time.perf_counter() - started), priced)
             seq.append(token)
             yield token
 

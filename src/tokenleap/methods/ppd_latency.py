@@ -26,7 +26,8 @@ def simulate_latency(layers: int, d: int, h: float, matches: list[bool], tokens:
 
 
 PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # branch=auto: a prior match rate of 0.6 worth two branches
-PRIOR_TOKENS = 2  # the calibration's prior (measured = predicted) is worth this many pipelined tokens
+PRIOR_TOKENS = 2  # a calibration's prior (measured = predicted) is worth this many tokens
+PLAIN_FIRST = 2  # branch=auto: the first tokens after the prompt are plain steps, timed (what ar's cost is here)
 OBSERVE_EVERY = EXPLORE_EVERY  # plain steps: every so many look at the exit head's candidates
 
 
@@ -45,10 +46,11 @@ def break_even_match_rate(c1: float, c2: float, d: int, h: float, layers: int) -
 
 @dataclass
 class Calibration:
-    """Measured over predicted time of the pipelined tokens so far, from a prior of 1 worth
-    `prior_ms` of tokens: what the cost model leaves out (promotion copies, hand-offs between
-    threads, waits) learnt online. Only when to pipeline depends on it, never which token is
-    emitted: PPD stays exact whatever the timing."""
+    """Measured over predicted time of one kind of token (pipelined, or plain) so far, from a
+    prior ratio worth `prior_ms` of tokens: what the cost model leaves out (promotion copies,
+    hand-offs between threads, waits; a curve measured at another context length) learnt
+    online. Only when to pipeline depends on it, never which token is emitted: PPD stays exact
+    whatever the timing."""
 
     prior_ms: float
     measured: float = 0.0
@@ -58,9 +60,8 @@ class Calibration:
         self.measured += measured_ms
         self.predicted += predicted_ms
 
-    @property
-    def ratio(self) -> float:
-        return (self.measured + self.prior_ms) / (self.predicted + self.prior_ms)
+    def ratio(self, prior: float = 1.0) -> float:
+        return (self.measured + prior * self.prior_ms) / (self.predicted + self.prior_ms)
 
 
 def predicted_speedup(p: float, d: int, h: float, layers: int) -> float:

@@ -1,8 +1,11 @@
 """PPD's per-layer work on either runner: the main stream's layers on the committed cache, a
 branch's layers on scratch rows, and promoting a branch row into the committed cache.
 
-- `LeanLayers` (the lean runner): one StaticKVCache with k+1 batch rows. Row 0 is committed,
-  rows 1..k scratch; a scratch row's committed prefix is copied from row 0 lazily, per layer.
+- `LeanLayers` (the lean runner): the committed cache is a StaticKVCache like `ar`'s, the k
+  scratch rows a second one whose layer m gets the committed prefix copied lazily, right before
+  the branch runs layer m. Its slots are always written before they are read, so it is left
+  uninitialised: while branch=auto takes plain steps its memory is never touched (zeroing it
+  cost ~50 ms a generation here, in page faults).
 - `HFLayers` (any family on the HF runner): the committed cache is an HFCache, the scratch
   rows a second one with k batch rows whose layer m is set to the committed prefix right before
   the branch runs layer m. Layers run through the model's own decoder (`models.layered`).
@@ -28,11 +31,11 @@ After = Callable[[int, torch.Tensor], None]  # layer m's output
 
 
 class _Rows:
-    """Some batch rows of a StaticKVCache, as a cache `run_layer` can write and attend to."""
+    """The first rows of a StaticKVCache, as a cache `run_layer` can write and attend to."""
 
-    def __init__(self, cache: StaticKVCache, rows: slice) -> None:
-        self.keys = [k[rows] for k in cache.keys]
-        self.values = [v[rows] for v in cache.values]
+    def __init__(self, cache: StaticKVCache, rows: int) -> None:
+        self.keys = [k[:rows] for k in cache.keys]
+        self.values = [v[:rows] for v in cache.values]
         self.length = 0
 
 
@@ -40,9 +43,11 @@ class LeanLayers:
     def __init__(self, ctx: DecodeContext, k: int) -> None:
         self.runner: LlamaRunner = ctx.target.runner
         self.num_layers = self.runner.num_layers
-        self._all = ctx.new_cache(ctx.target, batch=k + 1)  # row 0 committed, rows 1..k scratch
-        self.committed = _Rows(self._all, slice(0, 1))
-        self._scratch: dict[int, _Rows] = {}  # rows 1..j for j candidates
+        self.committed: StaticKVCache = ctx.new_cache(ctx.target)
+        r = self.runner
+        self._scratch_cache = StaticKVCache(r.num_layers, k, r.kv_heads, r.head_dim, self.committed.capacity, r.attn_dtype,
+                                  r.device, zeroed=False)  # the scratch rows
+        self._scratch: dict[int, _Rows] = {}  # rows 0..j-1 for j candidates
         self._replicated = [0] * self.num_layers  # per layer: committed positions copied into scratch
 
     def main(self, ids: torch.Tensor | None, x: torch.Tensor | None, start: int, done: int, after: After
@@ -63,16 +68,17 @@ class LeanLayers:
         """Layers 0..layers-1 over the candidates, one scratch row each, at position pos."""
         runner, k = self.runner, len(candidates)
         if k not in self._scratch:
-            self._scratch[k] = _Rows(self._all, slice(1, 1 + k))
+            self._scratch[k] = _Rows(self._scratch_cache, k)
         rows = self._scratch[k]
-        keys, values = self._all.keys, self._all.values
+        keys, values = self._scratch_cache.keys, self._scratch_cache.values
+        committed_keys, committed_values = self.committed.keys, self.committed.values
         cos, sin = runner.rope(torch.tensor([pos]))
         x = runner.embed(torch.tensor(candidates)[:, None])  # [k, 1, D]
         for m in range(layers):
             before(m)
             start = self._replicated[m]  # bring layer m of the committed prefix into the rows
-            keys[m][1:, :, start:pos] = keys[m][:1, :, start:pos]
-            values[m][1:, :, start:pos] = values[m][:1, :, start:pos]
+            keys[m][:, :, start:pos] = committed_keys[m][:, :, start:pos]
+            values[m][:, :, start:pos] = committed_values[m][:, :, start:pos]
             self._replicated[m] = pos
             x = runner.run_layer(m, x, rows, pos, cos, sin, None)
             after(m, x)
@@ -80,8 +86,8 @@ class LeanLayers:
     def promote(self, row: int, pos: int, layers: int) -> None:
         """Copy scratch row `row`'s K/V at pos, layers 0..layers-1, into the committed row."""
         for m in range(layers):
-            self._all.keys[m][0, :, pos] = self._all.keys[m][1 + row, :, pos]
-            self._all.values[m][0, :, pos] = self._all.values[m][1 + row, :, pos]
+            self.committed.keys[m][0, :, pos] = self._scratch_cache.keys[m][row, :, pos]
+            self.committed.values[m][0, :, pos] = self._scratch_cache.values[m][row, :, pos]
 
     def commit(self, length: int) -> None:
         self.committed.length = length
