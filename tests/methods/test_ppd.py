@@ -14,7 +14,7 @@ import tokenleap
 from reference import hf_greedy
 from tokenleap.cli import main as cli_main
 from tokenleap.methods import ppd
-from tokenleap.methods.ppd_latency import PLAIN_FIRST, Calibration
+from tokenleap.methods.ppd_latency import PLAIN_EVERY, PLAIN_FIRST, Calibration
 from tokenleap.decoding.adaptive import EXPLORE_EVERY
 from tokenleap.models.cost import interpolate
 from tokenleap.models.early_exit import teacher_forced_matches
@@ -283,10 +283,10 @@ def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(t
     prompt_ids = model.encode("w2 w3 w4")
     expected = hf_greedy(model, prompt_ids, 30)
     # One thread as fast as two: any match pays, every token has a branch but the prompt's, the
-    # first PLAIN_FIRST ones (plain, timed) and the last (no room).
+    # timed plain steps (the first PLAIN_FIRST, then one in PLAIN_EVERY) and the last (no room).
     r = tokenleap.generate(prompt_ids, method="ppd", model=priced(model, FLAT, 10.0), max_new_tokens=30,
                            exit_layer=3, head_cost=0.0)
-    assert r.token_ids == expected and r.stats.method_stats.plain_steps == 2 + PLAIN_FIRST
+    assert r.token_ids == expected and r.stats.method_stats.plain_steps == 2 + PLAIN_FIRST + 29 // PLAIN_EVERY
     # One thread at 1.6x: the branch pays only above p = 0.75 (l=6, d=3, h=0: (1 - p/2) 16 < 10), which
     # this head's few matches never lift the estimate to; at p = 1 it would pay, so every 8th plain
     # step looks at the exit head's candidates at layer d (tokens 8, 16 and 24 of 30) and counts
@@ -311,8 +311,19 @@ def test_auto_branch_judges_pipelined_tokens_against_what_plain_steps_really_cos
     pipe, one_row = ppd.Pipeline(ctx), ppd._Stream(None, start=4)
     assert pipe._pipelined(one_row, emitted=PLAIN_FIRST + 1)
     assert not pipe._pipelined(one_row, emitted=PLAIN_FIRST)  # the first tokens are plain, timed
+    assert not pipe._pipelined(one_row, emitted=PLAIN_EVERY)  # and one in PLAIN_EVERY
     assert not pipe._pipelined(ppd._Stream(torch.tensor([[2, 3]]), start=0), emitted=PLAIN_FIRST + 1)  # a prompt
     pipe.plain_calibration.add(measured_ms=50.0, predicted_ms=100.0)  # ten plain steps at half their price
+    assert pipe._pipelined(one_row, emitted=PLAIN_FIRST + 1)  # (the prior for pipelined ones: the same ratio)
     pipe.calibration.add(measured_ms=70.0, predicted_ms=70.0)  # ten pipelined tokens at their price
     assert not pipe._pipelined(one_row, emitted=PLAIN_FIRST + 1)
     pipe.close()
+
+
+def test_calibration_believes_a_token_to_within_twice_its_price():
+    """One token caught in a slow spell of the machine (50x its price) moves the ratio as a 2x one."""
+    calibration = Calibration(prior_ms=20.0)
+    calibration.add(measured_ms=500.0, predicted_ms=10.0)
+    assert calibration.ratio() == pytest.approx((20.0 + 20.0) / 30.0)
+    calibration.add(measured_ms=1.0, predicted_ms=10.0)
+    assert calibration.ratio() == pytest.approx((20.0 + 5.0 + 20.0) / 40.0)

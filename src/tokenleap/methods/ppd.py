@@ -63,8 +63,8 @@ from ..models.early_exit import exit_head
 from ..models.hardware import one_intra_op_thread
 from ..models.layered import StopForward
 from ..options import Options, option
-from .ppd_latency import (OBSERVE_EVERY, PLAIN_FIRST, PRIOR_MATCHES, PRIOR_MISSES, PRIOR_TOKENS, Calibration,
-                          PPDStats, pipelined_ms, simulate_latency)
+from .ppd_latency import (OBSERVE_EVERY, PLAIN_EVERY, PLAIN_FIRST, PRIOR_MATCHES, PRIOR_MISSES, PRIOR_TOKENS,
+                          Calibration, PPDStats, pipelined_ms, simulate_latency)
 from .ppd_layers import layers_for
 
 
@@ -263,11 +263,11 @@ class Pipeline:
 
     # -- the loop --------------------------------------------------------------------------
     def _pipelined(self, stream: _Stream, emitted: int) -> bool:
-        """Run this token's branch? Always with branch=always; else as the module docstring says:
-        not for the prompt nor the first PLAIN_FIRST tokens, then while the cost model says it pays."""
+        """Run this token's branch? Always with branch=always; else (module docstring) not for the prompt
+        nor as a timed plain step (the first PLAIN_FIRST, one in PLAIN_EVERY), then while it pays."""
         if self.always:
             return True
-        if (stream.ids is not None and stream.ids.shape[1] > 1) or emitted <= PLAIN_FIRST:
+        if (stream.ids is not None and stream.ids.shape[1] > 1) or emitted <= PLAIN_FIRST or not emitted % PLAIN_EVERY:
             return False
         p = (sum(self.matches) + PRIOR_MATCHES) / (len(self.matches) + PRIOR_MATCHES + PRIOR_MISSES)
         plain = self.plain_calibration.ratio()

@@ -28,6 +28,7 @@ def simulate_latency(layers: int, d: int, h: float, matches: list[bool], tokens:
 PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # branch=auto: a prior match rate of 0.6 worth two branches
 PRIOR_TOKENS = 2  # a calibration's prior (measured = predicted) is worth this many tokens
 PLAIN_FIRST = 2  # branch=auto: the first tokens after the prompt are plain steps, timed (what ar's cost is here)
+PLAIN_EVERY = 16  # ... and one in this many while pipelining, so that a slow start is not believed for ever
 OBSERVE_EVERY = EXPLORE_EVERY  # plain steps: every so many look at the exit head's candidates
 
 
@@ -57,7 +58,9 @@ class Calibration:
     predicted: float = 0.0
 
     def add(self, measured_ms: float, predicted_ms: float) -> None:
-        self.measured += measured_ms
+        # A token is believed to within 2x of its price: a slow spell of the machine (another
+        # process, a page fault) is not what the cost model leaves out.
+        self.measured += min(max(measured_ms, predicted_ms / 2), 2 * predicted_ms)
         self.predicted += predicted_ms
 
     def ratio(self, prior: float = 1.0) -> float:
