@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .models import native
 from .models.hardware import auto_dtype, cpu_caps, dtype_name, resolve_device
 
 
@@ -85,7 +86,7 @@ def environment(model: str | None, dtype: str = "auto", device: str = "auto", ro
     torch_device = resolve_device(device)
     info: dict[str, Any] = {"versions": versions(), "platform": platform.platform(), "device": str(torch_device),
                             "cpu": cpu_caps().to_dict(), "threads": torch.get_num_threads(),
-                            "auto_dtype": dtype_name(auto_dtype(torch_device))}
+                            "auto_dtype": dtype_name(auto_dtype(torch_device)), "int8_kernel": native.status()}
     if torch_device.type == "cuda":
         info["cuda"] = {"name": torch.cuda.get_device_name(torch_device), "cuda": torch.version.cuda,
                         "bf16": torch.cuda.is_bf16_supported()}
@@ -137,7 +138,7 @@ def render(info: dict[str, Any]) -> str:
              f"cpu: {cpu['model']}; isa {cpu['isa']}; {' '.join(features) or 'no vector extensions'}"
              f"; native bf16: {'yes' if cpu['native_bf16'] else 'no'}"
              + (" (forced off by TOKENLEAP_NO_NATIVE_BF16)" if cpu["forced_fallback"] else ""),
-             f"auto dtype: {info['auto_dtype']}"]
+             f"auto dtype: {info['auto_dtype']}", f"int8 kernel: {info['int8_kernel']}"]
     if "cuda" in info:
         lines.append(f"cuda: {info['cuda']['name']} (CUDA {info['cuda']['cuda']}, bf16 {info['cuda']['bf16']})")
     if "model" in info:

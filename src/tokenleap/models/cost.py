@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .hardware import one_intra_op_thread, synchronize
+from . import native
 from .kernels import choice_key, read_json_cache, write_json_cache
 from .loading import Model
 from .registry import cache_home
@@ -100,9 +101,10 @@ def costs_file():
 def forward_code() -> str:
     """A digest of the code a forward runs (the runners and kernels): a cost measured with other
     code is stale (fp32 attention alone changed a bf16 step by 5-8%)."""
-    from . import hf, kernels, layered, llama
+    from . import hf, kernels, layered, llama, native
 
-    text = "".join(Path(m.__file__).read_text() for m in (hf, kernels, layered, llama))
+    text = "".join(Path(m.__file__).read_text() for m in (hf, kernels, layered, llama, native))
+    text += native.SOURCE.read_text()
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -111,7 +113,8 @@ def cost_key(model: Model) -> str:
     software, threads, dtype, device, its weights' shapes), plus quantization, layout and the
     forward's own code."""
     key = choice_key(list(model.hf_model.parameters()), model.dtype, model.device)
-    return f"{key}|quant={model.quant}|{model.runtime()['kernels']}|code={forward_code()}"
+    return (f"{key}|quant={model.quant}|{model.runtime()['kernels']}|native={int(native.available())}"
+            f"|code={forward_code()}")
 
 
 def _pick_per_row(logits: torch.Tensor) -> None:

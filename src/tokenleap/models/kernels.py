@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import TokenleapError
+from . import native
 from .hardware import CpuCaps, cpu_caps, dtype_name, synchronize
 from .registry import cache_home
 
@@ -64,6 +66,29 @@ def linear(x: torch.Tensor, weight: "torch.Tensor | QuantWeight", bias: torch.Te
     return F.linear(x, weight, bias)
 
 
+def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: "torch.Tensor | QuantWeight",
+                    bias: torch.Tensor | None, rms_norm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                    ) -> torch.Tensor:
+    """linear(rms_norm(x, norm_weight), weight, bias): one native call for fp32 rows and
+    tokenleap's int8 weights, else exactly the two steps."""
+    if isinstance(weight, QuantWeight) and weight.native and x.dtype == torch.float32:
+        flat = x.reshape(-1, x.shape[-1])
+        out = native.int8_rms_norm_linear(flat, norm_weight, eps, weight.data, weight.scales)
+        out = out.reshape(*x.shape[:-1], weight.shape[0])
+        return out if bias is None else out + bias
+    return linear(rms_norm(x, norm_weight), weight, bias)
+
+
+def swiglu_linear(gate_up: torch.Tensor, weight: "torch.Tensor | QuantWeight") -> torch.Tensor:
+    """linear(silu(gate) * up, weight) for gate_up = [gate, up] on the last dimension: one native
+    call for fp32 rows and tokenleap's int8 weights, else exactly these steps."""
+    if isinstance(weight, QuantWeight) and weight.native and gate_up.dtype == torch.float32:
+        out = native.int8_swiglu_linear(gate_up.reshape(-1, gate_up.shape[-1]), weight.data, weight.scales)
+        return out.reshape(*gate_up.shape[:-1], weight.shape[0])
+    gate, up = gate_up.chunk(2, dim=-1)
+    return linear(F.silu(gate) * up, weight)
+
+
 @torch.no_grad()
 def batch_invariant(weights: list[torch.Tensor], rows: tuple[int, ...] = (2, 3, 4, 8)) -> bool:
     """True when `linear` gives each row the same bits alone as inside a batch of `rows` rows,
@@ -83,9 +108,10 @@ def batch_invariant(weights: list[torch.Tensor], rows: tuple[int, ...] = (2, 3, 
 #
 # Weights are stored in int8 (one scale per output channel) or int4 (groups of G input
 # columns, an asymmetric scale and minimum per group); activations stay in the model's dtype.
-# PyTorch's CPU kernels for both (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are
-# vectorised for bf16 activations on AVX2 and AVX-512 alike, so a quantized model runs bf16
-# activations on every CPU. Quantization changes the model's numbers: it is never an automatic
+# int8 runs tokenleap's own kernel where it builds (`native`: 2x PyTorch's for one row, at the
+# memory bandwidth; batch-invariant), else PyTorch's. PyTorch's CPU kernels
+# (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are vectorised for bf16 activations on
+# AVX2 and AVX-512 alike, so a quantized model runs bf16 activations on every CPU. Quantization changes the model's numbers: it is never an automatic
 # choice, only what the user asks for (`quant=`), and a quantized model is the target its
 # methods are exact against.
 
@@ -98,10 +124,11 @@ class QuantWeight:
     """A [N, K] weight in int8 or int4, with what its kernel needs to compute x @ W^T."""
 
     kind: str  # "int8" | "int4"
-    data: torch.Tensor  # int8 [N, K]; int4: the kernel's packed uint8
-    scales: torch.Tensor  # int8: [N]; int4: scales and zeros [K/G, N, 2]
+    data: torch.Tensor  # int8 [N, K] (native: `native.pack_int8`'s layout); int4: the kernel's packed uint8
+    scales: torch.Tensor  # int8: [N] (native: fp32); int4: scales and zeros [K/G, N, 2]
     group: int  # int4 group size (0 for int8)
     shape: tuple[int, int]  # (N, K) of the original weight
+    native: bool = False  # int8 on tokenleap's own kernel
 
     @property
     def dtype(self) -> torch.dtype:
@@ -111,16 +138,22 @@ class QuantWeight:
         return self.shape[0] * self.shape[1]
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1]).to(self.scales.dtype)
-        if self.kind == "int8":
+        lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
+        if self.native:
+            out = native.int8_linear(flat, self.data, self.scales)
+        elif self.kind == "int8":
+            flat = flat.to(self.scales.dtype)
             out = torch.ops.aten._weight_int8pack_mm(flat, self.data, self.scales)
         else:
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.data, self.group, self.scales)
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(self.scales.dtype), self.data, self.group,
+                                                             self.scales)
         out = out.reshape(*lead, self.shape[0]).to(x.dtype)
         return out if bias is None else out + bias
 
     def dequantize(self) -> torch.Tensor:
         """The [N, K] weight these codes stand for (to check quality, or for the HF forward)."""
+        if self.native:
+            return native.unpack_int8(self.data).float() * self.scales[:, None]
         eye = torch.eye(self.shape[1], dtype=self.scales.dtype, device=self.scales.device)
         return self.linear(eye).t().contiguous()
 
@@ -155,6 +188,13 @@ def quantize_linears(module: torch.nn.Module, kind: str, group: int, act_dtype: 
         module.set_submodule(name, QuantLinear(quantize(weight, kind, group, act_dtype), m.bias))
 
 
+def quant_activations(kind: str, device: torch.device) -> torch.dtype:
+    """The activation dtype a quantized model runs on the CPU by default: fp32 for tokenleap's
+    int8 kernel (fp32 in and out: no conversion around each matmul, ~7% of a step), else bf16,
+    what PyTorch's quantized kernels are fast with, natively or not."""
+    return torch.float32 if kind == "int8" and device.type == "cpu" and native.available() else torch.bfloat16
+
+
 def parse_quant(quant: str | None) -> tuple[str, int]:
     """"none" | "int8" | "int4" | "int4-g64" ... -> (kind, group); clear errors otherwise."""
     name = (quant or "none").strip().lower()
@@ -178,6 +218,8 @@ def quantize(weight: torch.Tensor, kind: str, group: int = 0, act_dtype: torch.d
     if kind == "int8":
         scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
         codes = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8)
+        if weight.device.type == "cpu" and native.fits((n, k)) and native.available():
+            return QuantWeight("int8", native.pack_int8(codes), scale, 0, (n, k), native=True)
         return QuantWeight("int8", codes, scale.to(act_dtype), 0, (n, k))
     if k % group:
         raise TokenleapError(f"int4 group size {group} does not divide a layer's {k} input columns; "

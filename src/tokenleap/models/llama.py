@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..decoding.cache import StaticKVCache
-from .kernels import linear, pack, quantize
+from .kernels import linear, pack, quantize, rms_norm_linear, swiglu_linear
 
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 
@@ -147,7 +147,7 @@ class LlamaRunner:
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: hidden states [B, n, d] -> logits [B, n, V]."""
-        logits = linear(self.rms_norm(hidden, self.final_norm), self.head_w)
+        logits = rms_norm_linear(hidden, self.final_norm, self.eps, self.head_w, None, self.rms_norm)
         if self.head_ids is None:
             return logits
         full = logits.new_full(logits.shape[:-1] + (self.vocab_size,), float("-inf"))
@@ -177,7 +177,7 @@ class LlamaRunner:
         L = self.layers[i]
         B, n, _ = x.shape
         H, KV, D = self.num_heads, self.kv_heads, self.head_dim
-        qkv = linear(self.rms_norm(x, L.attn_norm), L.qkv_w, L.qkv_b).view(B, n, H + 2 * KV, D)
+        qkv = rms_norm_linear(x, L.attn_norm, self.eps, L.qkv_w, L.qkv_b, self.rms_norm).view(B, n, H + 2 * KV, D)
         # Rotate q and k together: one [B, n, H+KV, D] op instead of one each.
         qk = qkv[:, :, :H + KV]
         qk = qk * cos + qk.roll(D // 2, dims=-1) * sin
@@ -189,8 +189,8 @@ class LlamaRunner:
             q, cache.keys[i][:, :, :end], cache.values[i][:, :, :end],
             attn_mask=mask, enable_gqa=H != KV)
         x = x + linear(attn.transpose(1, 2).reshape(B, n, H * D).to(x.dtype), L.o_w)
-        gate, up = linear(self.rms_norm(x, L.mlp_norm), L.gate_up_w).chunk(2, dim=-1)
-        return x + linear(F.silu(gate) * up, L.down_w)
+        gate_up = rms_norm_linear(x, L.mlp_norm, self.eps, L.gate_up_w, None, self.rms_norm)
+        return x + swiglu_linear(gate_up, L.down_w)
 
     # -- the whole forward ---------------------------------------------------------------
     @torch.no_grad()

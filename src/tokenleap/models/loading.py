@@ -221,14 +221,14 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", devi
     (measured once per machine and model shape, then cached) or one of `kernels.LAYOUTS`.
     quant: "none", "int8" (per output channel) or "int4" / "int4-gG" (groups of G = 32, 64, 128
     input columns): weight-only quantization of every matmul weight, the tied head included;
-    activations then run in bf16 by default on the CPU (what the quantized kernels are fast
-    with, natively or not)."""
+    activations then run by default in what the quantized kernels are fast with on the CPU
+    (`kernels.quant_activations`: fp32 for tokenleap's int8 kernel, else bf16)."""
     if runner not in ("auto", "lean", "hf"):
         raise TokenleapError(f"unknown runner {runner!r}; use auto, lean or hf")
     quant_kind = kernels.parse_quant(quant)
     torch_device = resolve_device(device)
     if quant_kind[0] != "none" and (dtype is None or dtype == "auto") and torch_device.type == "cpu":
-        torch_dtype = torch.bfloat16  # the quantized kernels are fast with bf16 activations on any CPU
+        torch_dtype = kernels.quant_activations(quant_kind[0], torch_device)
     else:
         torch_dtype = resolve_dtype(dtype, torch_device)
     if kernels_layout != "auto" and kernels_layout not in kernels.available_layouts(torch_dtype, torch_device):
@@ -274,7 +274,7 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = "auto", devi
 
 def self_draft(target: Model, quant: str, own_module: bool = False) -> Model:
     """A quantized view of the target's own weights as a draft (`draft="self:int8"`): same
-    tokenizer, quantized matmuls and bf16 activations on the CPU. No training; the target still
+    tokenizer, quantized matmuls and `kernels.quant_activations` on the CPU. No training; the target still
     judges every token, so lossless methods stay lossless.
 
     On the lean runner it shares the target's module (its runner quantizes the matmuls it
@@ -284,7 +284,7 @@ def self_draft(target: Model, quant: str, own_module: bool = False) -> Model:
     kind = kernels.parse_quant(quant)
     if kind[0] == "none":
         raise TokenleapError("a self-draft needs a quantization: self:int8, self:int4 or self:int4-gG")
-    act = torch.bfloat16 if target.device.type == "cpu" else target.dtype
+    act = kernels.quant_activations(kind[0], target.device) if target.device.type == "cpu" else target.dtype
     runner: Runner
     if llama.supports(target.hf_model) and not own_module:
         module = target.hf_model
