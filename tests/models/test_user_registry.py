@@ -69,7 +69,7 @@ def test_models_command_lists_built_in_and_user_entries(tiny_dir, home, capsys):
     lookahead.save_embeddings(torch.zeros(2, 64), home / "la", "mymodel", {})
     assert main(["models"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert "built-in" in rows["smollm2-135m"] and "draft=smollm2-135m-draft" in rows["smollm2-135m"]
+    assert "built-in" in rows["smollm2-135m"] and "draft=self:int8" in rows["smollm2-135m"]
     mine = rows["mymodel"]
     assert str(file) in mine and "my fine-tune" in mine and "built-in" not in mine
     assert "lookahead" in mine and "lookahead (missing)" not in mine
