@@ -51,6 +51,26 @@ def test_drafts_that_never_agree_give_plain_steps_with_periodic_exploration():
     assert length.chosen["0"] == picks.count(0)
 
 
+@pytest.mark.parametrize("draft_ms,width", [(4.0, 1), (3.0, 1), (2.5, 1), (2.0, 2), (3.0, 4)])
+def test_a_run_of_plain_steps_chooses_what_a_full_search_would(draft_ms, width):
+    """choose() skips the search after a plain step with no round judged since: the catch-up only
+    grows, so plain steps keep winning. A full search at every step must agree, exploration
+    included, whatever the acceptance and the room."""
+    drafts = {1: draft_ms, 2: draft_ms * 1.4, 4: draft_ms * 2.0, 8: draft_ms * 3.0, 16: draft_ms * 5.0}
+    cost = CostModel(FLAT, draft_ms=draft_ms, draft_curve=drafts)
+    fast, full = DraftLength(cost, width=width), DraftLength(cost, width=width)
+    for step in range(120):
+        room = 120 - step
+        full._judged_at_plain = None  # the reference always searches
+        g = fast.choose(room)
+        assert g == full.choose(room)
+        if g:
+            accepted = g if step % 5 == 0 else 0  # acceptance moves between rounds, low on the whole
+            fast.update(g, accepted)
+            full.update(g, accepted)
+    assert fast.chosen == full.chosen and fast.chosen.get("0", 0) > 10
+
+
 def test_auto_gamma_is_greedy_exact_and_records_its_choices(tiny):
     target, draft = tiny(vocab_size=32, seed=0), tiny(vocab_size=32, seed=1, num_layers=1)
     prompt = "w2 w3 w4"

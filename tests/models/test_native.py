@@ -97,8 +97,8 @@ def test_the_fused_steps_compute_what_the_two_steps_do_and_stay_batch_invariant(
                           kernels.linear(torch.nn.functional.silu(gate) * up, w_down), rtol=1e-5, atol=1e-5)
     rows = x.reshape(10, 1, 64)
     alone = torch.cat([kernels.rms_norm_linear(rows[i:i + 1], norm_w, eps, w, None, rms_norm) for i in range(10)])
-    assert torch.equal(kernels.rms_norm_linear(rows.reshape(1, 10, 64), norm_w, eps, w, None, rms_norm).reshape(10, 1, 96),
-                       alone)
+    batch = kernels.rms_norm_linear(rows.reshape(1, 10, 64), norm_w, eps, w, None, rms_norm)
+    assert torch.equal(batch.reshape(10, 1, 96), alone)
     gu = gate_up.reshape(10, 128)
     assert torch.equal(kernels.swiglu_linear(gu, w_down),
                        torch.cat([kernels.swiglu_linear(gu[i:i + 1], w_down) for i in range(10)]))

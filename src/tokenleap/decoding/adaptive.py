@@ -73,6 +73,7 @@ class DraftLength:
     chosen: dict[str, int] = field(default_factory=dict)  # draft length -> rounds (0 = plain steps)
     catch_up: int = 0  # plain steps before the round being judged (the draft's catch-up)
     exploration: Exploration = field(default_factory=Exploration)
+    _judged_at_plain: tuple[float, float] | None = field(default=None, repr=False)  # acceptance at the last plain step
 
     @property
     def alpha(self) -> float:
@@ -92,7 +93,11 @@ class DraftLength:
     def choose(self, room: int) -> int:
         """Drafts for the next round (0: a plain step), at most room - 1."""
         lengths = [0] + list(range(self.least, min(self.most, room - 1) + 1))
-        best = max(lengths, key=self.tokens_per_ms)
+        # After a plain step with no round judged since, plain steps still win: the catch-up only
+        # grew (and the room shrank), which makes every round dearer. Skip the search then: in a
+        # run of plain steps it cost ~100 cost-curve lookups a token, ~1% of a step here.
+        still_plain = self.plain_run > 0 and self._judged_at_plain == (self.accepted, self.rejected)
+        best = 0 if still_plain else max(lengths, key=self.tokens_per_ms)
         plain = self.tokens_per_ms(0)
         if best:
             self.exploration.won()
@@ -104,6 +109,7 @@ class DraftLength:
             self.exploration.tried()
         self.catch_up = self.plain_run  # what this round's first draft step feeds first
         self.plain_run = self.plain_run + 1 if best == 0 else 0
+        self._judged_at_plain = (self.accepted, self.rejected) if best == 0 else None
         self.chosen[str(best)] = self.chosen.get(str(best), 0) + 1
         return best
 

@@ -36,9 +36,9 @@ model, `ppd_latency.pipelined_ms`); p is estimated online, and each kind of toke
 over priced time (`ppd_latency.Calibration`): the first tokens are plain, timed, so pipelined
 ones are judged against what `ar` really costs (fp32 here: a curve of 37 ms, steps of 34).
 Otherwise a token is a plain step, every 8th computing the exit head's candidates at layer d
-(h/l of a step) to count a match, so p keeps being estimated. The prompt is never pipelined. Every token is the main stream's argmax: exact. (workers=1: the branch
-runs after main, it never pays.) The predicted time (`DecodeStats.predicted_ms`) is the run's
-schedule priced with c1 and c2.
+(h/l of a step) to count a match, so p keeps being estimated. The prompt is never pipelined.
+Every token is the main stream's argmax: exact. (workers=1: the branch runs after main, it
+never pays.) The predicted time (`DecodeStats.predicted_ms`): the run's schedule at c1 and c2.
 
 Latency model (`simulate`): unit time per layer, free extra compute, exit head h layer-units on
 the branch; `simulate_latency` replays this schedule from the realised matches. For d >= l/2

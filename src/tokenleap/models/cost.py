@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .hardware import one_intra_op_thread, synchronize
 from . import native
+from .hardware import one_intra_op_thread, synchronize
 from .kernels import choice_key, read_json_cache, write_json_cache
 from .loading import Model
 from .registry import cache_home
@@ -101,7 +101,7 @@ def costs_file():
 def forward_code() -> str:
     """A digest of the code a forward runs (the runners and kernels): a cost measured with other
     code is stale (fp32 attention alone changed a bf16 step by 5-8%)."""
-    from . import hf, kernels, layered, llama, native
+    from . import hf, kernels, layered, llama
 
     text = "".join(Path(m.__file__).read_text() for m in (hf, kernels, layered, llama, native))
     text += native.SOURCE.read_text()

@@ -109,9 +109,10 @@ def batch_invariant(weights: list[torch.Tensor], rows: tuple[int, ...] = (2, 3, 
 # Weights are stored in int8 (one scale per output channel) or int4 (groups of G input
 # columns, an asymmetric scale and minimum per group); activations stay in the model's dtype.
 # int8 runs tokenleap's own kernel where it builds (`native`: 2x PyTorch's for one row, at the
-# memory bandwidth; batch-invariant), else PyTorch's. PyTorch's CPU kernels
+# memory bandwidth; batch-invariant; fp32 activations), else PyTorch's. PyTorch's CPU kernels
 # (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are vectorised for bf16 activations on
-# AVX2 and AVX-512 alike, so a quantized model runs bf16 activations on every CPU. Quantization changes the model's numbers: it is never an automatic
+# AVX2 and AVX-512 alike, so on them a quantized model runs bf16 activations on every CPU
+# (`quant_activations`). Quantization changes the model's numbers: it is never an automatic
 # choice, only what the user asks for (`quant=`), and a quantized model is the target its
 # methods are exact against.
 

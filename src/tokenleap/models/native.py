@@ -133,7 +133,7 @@ def int8_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> 
 def int8_rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, packed: torch.Tensor,
                          scales: torch.Tensor) -> torch.Tensor:
     """int8_linear(norm_weight * x / sqrt(mean(x^2) + eps)) in one call; x, norm_weight fp32."""
-    x, norm_weight = x.contiguous(), norm_weight.contiguous()
+    x, norm_weight = x.to(torch.float32).contiguous(), norm_weight.to(torch.float32).contiguous()
     y, tmp = torch.empty(x.shape[0], scales.shape[0]), torch.empty_like(x)
     _lib().tokenleap_int8_rms_norm_linear(x.data_ptr(), norm_weight.data_ptr(), eps, packed.data_ptr(),
                                           scales.data_ptr(), y.data_ptr(), tmp.data_ptr(),
@@ -143,7 +143,7 @@ def int8_rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
 
 def int8_swiglu_linear(gate_up: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """int8_linear(silu(gate) * up) in one call, gate_up [M, 2K] fp32 (gate, then up)."""
-    gate_up = gate_up.contiguous()
+    gate_up = gate_up.to(torch.float32).contiguous()
     m, k = gate_up.shape[0], gate_up.shape[1] // 2
     y, tmp = torch.empty(m, scales.shape[0]), torch.empty(m, k)
     _lib().tokenleap_int8_swiglu_linear(gate_up.data_ptr(), packed.data_ptr(), scales.data_ptr(), y.data_ptr(),
