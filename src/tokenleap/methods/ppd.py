@@ -159,9 +159,8 @@ class Pipeline:
         self.c2 = interpolate(self.curve, 1)
         self.c1 = one_thread_ms(ctx.target, opts.candidates) if opts.workers == 2 else self.c2
         self.plain_run = 0
-        # Measured over priced time, per kind of token; pipelined ones start from the plain ratio.
-        self.calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c1)
-        self.plain_calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c2)
+        self.calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c1)  # measured / priced, pipelined tokens
+        self.plain_calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c2)  # and plain ones
         self.predicted_ms = 0.0
         self.counts = dict(tokens=0, plain=0, observed=0, branches=0, released=0, layers_main=0, layers_promoted=0,
                            layers_branch=0, branch_layers_max=0)
@@ -189,9 +188,10 @@ class Pipeline:
             self._spawn(branch, s.hd if s.done > self.d else s.x[:, -1:])
 
         def after(m: int, x: torch.Tensor) -> None:
-            progress.advance(m + 1)
-            if m + 1 == self.d and branch is not None:
-                self._spawn(branch, x[:, -1:])
+            if branch is not None:  # (nothing waits on a plain step's progress)
+                progress.advance(m + 1)
+                if m + 1 == self.d:
+                    self._spawn(branch, x[:, -1:])
             elif m + 1 == self.d and observed is not None:
                 observed.extend(self.head.topk(x[:, -1:], self.k).flatten().tolist())
 
