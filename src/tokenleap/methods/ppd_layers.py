@@ -44,9 +44,7 @@ class LeanLayers:
         self.runner: LlamaRunner = ctx.target.runner
         self.num_layers = self.runner.num_layers
         self.committed: StaticKVCache = ctx.new_cache(ctx.target)
-        r = self.runner
-        self._scratch_cache = StaticKVCache(r.num_layers, k, r.kv_heads, r.head_dim, self.committed.capacity,
-                                            r.attn_dtype, r.device, zeroed=False)
+        self._scratch_cache = self.runner.new_cache(k, self.committed.capacity, zeroed=False)
         self._scratch: dict[int, _Rows] = {}  # rows 0..j-1 for j candidates
         self._replicated = [0] * self.num_layers  # per layer: committed positions copied into scratch
 

@@ -66,12 +66,18 @@ def linear(x: torch.Tensor, weight: "torch.Tensor | QuantWeight", bias: torch.Te
     return F.linear(x, weight, bias)
 
 
+def _fused_here(weight: "torch.Tensor | QuantWeight", x: torch.Tensor) -> bool:
+    """Whether the step before `weight`'s matmul runs inside tokenleap's int8 kernel: its
+    weights, fp32 rows."""
+    return isinstance(weight, QuantWeight) and weight.native and x.dtype == torch.float32
+
+
 def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: "torch.Tensor | QuantWeight",
                     bias: torch.Tensor | None, rms_norm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                     ) -> torch.Tensor:
     """linear(rms_norm(x, norm_weight), weight, bias): one native call for fp32 rows and
     tokenleap's int8 weights, else exactly the two steps."""
-    if isinstance(weight, QuantWeight) and weight.native and x.dtype == torch.float32:
+    if _fused_here(weight, x):
         flat = x.reshape(-1, x.shape[-1])
         out = native.int8_rms_norm_linear(flat, norm_weight, eps, weight.data, weight.scales)
         out = out.reshape(*x.shape[:-1], weight.shape[0])
@@ -82,7 +88,7 @@ def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weig
 def swiglu_linear(gate_up: torch.Tensor, weight: "torch.Tensor | QuantWeight") -> torch.Tensor:
     """linear(silu(gate) * up, weight) for gate_up = [gate, up] on the last dimension: one native
     call for fp32 rows and tokenleap's int8 weights, else exactly these steps."""
-    if isinstance(weight, QuantWeight) and weight.native and gate_up.dtype == torch.float32:
+    if _fused_here(weight, gate_up):
         out = native.int8_swiglu_linear(gate_up.reshape(-1, gate_up.shape[-1]), weight.data, weight.scales)
         return out.reshape(*gate_up.shape[:-1], weight.shape[0])
     gate, up = gate_up.chunk(2, dim=-1)

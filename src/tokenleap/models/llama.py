@@ -133,9 +133,9 @@ class LlamaRunner:
         return cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
     # -- pieces, exposed for methods that need per-layer access -------------------------
-    def new_cache(self, batch: int = 1, capacity: int = 256) -> StaticKVCache:
+    def new_cache(self, batch: int = 1, capacity: int = 256, zeroed: bool = True) -> StaticKVCache:
         return StaticKVCache(self.num_layers, batch, self.kv_heads, self.head_dim, capacity,
-                             self.attn_dtype, self.device)
+                             self.attn_dtype, self.device, zeroed)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embed_w)
