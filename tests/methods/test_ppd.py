@@ -14,7 +14,7 @@ import tokenleap
 from reference import hf_greedy
 from tokenleap.cli import main as cli_main
 from tokenleap.methods import ppd
-from tokenleap.methods.ppd_latency import PLAIN_EVERY, PLAIN_FIRST, Calibration
+from tokenleap.methods.ppd_latency import PLAIN_EVERY, PLAIN_FIRST, Calibration, match_rate_bounds
 from tokenleap.decoding.adaptive import EXPLORE_EVERY
 from tokenleap.models.cost import interpolate
 from tokenleap.models.early_exit import teacher_forced_matches
@@ -288,16 +288,37 @@ def test_auto_branch_runs_the_branch_where_it_pays_and_explores_where_it_might(t
                            exit_layer=3, head_cost=0.0)
     assert r.token_ids == expected and r.stats.method_stats.plain_steps == 2 + PLAIN_FIRST + 29 // PLAIN_EVERY
     # One thread at 1.6x: the branch pays only above p = 0.75 (l=6, d=3, h=0: (1 - p/2) 16 < 10), which
-    # this head's few matches never lift the estimate to; at p = 1 it would pay, so every 8th plain
-    # step looks at the exit head's candidates at layer d (tokens 8, 16 and 24 of 30) and counts
-    # whether its token was among them: what a branch there would have found.
+    # this head's few matches never lift the estimate's lower bound to; at p = 1 it would pay, so plain
+    # steps look at the exit head's candidates at layer d and count whether their token was among
+    # them (what a branch there would have found): while fewer than 8 are judged each one where the
+    # upper bound is above 0.75, else after 8 plain steps, then 16, then 32 while it stays below.
     pipe, ctx, tokens = pipeline(priced(model, FLAT, 16.0), prompt_ids, 30, branch="auto", exit_layer=3,
                                  head_cost=0.0, candidates=1)
     e = ctx.stats.method_stats
-    assert tokens == expected and e.branches == 0 and e.plain_steps == 30 and e.observed == e.judged == 3
+    assert tokens == expected and e.branches == 0 and e.plain_steps == 30 and e.observed == e.judged
+    assert pipe.observed_at[0] == 0 and e.observed >= 2
     if runner != "hf":  # (teacher-forced matches are computed with the lean runner's layers)
         offline = teacher_forced_matches(model, pipe.head, prompt_ids, tokens, 1)
-        assert pipe.matches == [offline[i] for i in (7, 15, 23)] and sum(offline) / len(offline) < 0.5
+        assert sum(offline) / len(offline) < 0.5 and pipe.matches == [offline[i] for i in pipe.observed_at]
+        seen, at, unjudged, every = [], [], 0, 8
+        for i in range(30):  # the rule, replayed on the offline matches
+            if unjudged + 1 >= every or (len(seen) < 8 and match_rate_bounds(sum(seen), len(seen))[1] > 0.75):
+                seen.append(offline[i])
+                at.append(i)
+                unjudged = 0
+                every = 8 if match_rate_bounds(sum(seen), len(seen))[1] > 0.75 else min(2 * every, 32)
+            else:
+                unjudged += 1
+        assert at == pipe.observed_at
+
+
+def test_match_rate_bounds_narrow_around_the_estimate():
+    """The prior alone (0.6, worth two judgements) is wide; 40 judgements at 0.5 are within 0.1."""
+    low, high = match_rate_bounds(0, 0)
+    assert low < 0.35 and high > 0.85 and low + high == pytest.approx(1.2)
+    low, high = match_rate_bounds(20, 40)
+    assert 0.4 < low < 0.5 < high < 0.6 and match_rate_bounds(40, 40)[0] > 0.9
+    assert match_rate_bounds(0, 0, spread=0.0) == (0.6, 0.6)
 
 
 def test_auto_branch_judges_pipelined_tokens_against_what_plain_steps_really_cost(tiny):

@@ -31,14 +31,14 @@ state. The branch waits, layer by layer, for main's K/V of the same layer when i
 Whether to run the branch at all (branch=auto, the default). On two cores each worker has one
 intra-op thread: a pipelined token costs its main-stream layers at the one-thread step cost c1
 (measured with k-row forwards beside it), a plain step on the caller's thread both cores (c2,
-`ar`'s). With match rate p the branch gains when (1 - p (1 - (d+h)/l)) c1 < c2 (the spec's
-model, `ppd_latency.pipelined_ms`); p is estimated online, and each kind of token's measured
-over priced time (`ppd_latency.Calibration`): the first tokens are plain, timed, so pipelined
-ones are judged against what `ar` really costs (fp32 here: a curve of 37 ms, steps of 34).
-Otherwise a token is a plain step, every 8th computing the exit head's candidates at layer d
-(h/l of a step) to count a match, so p keeps being estimated. The prompt is never pipelined.
-Every token is the main stream's argmax: exact. (workers=1: the branch runs after main, it
-never pays.) The predicted time (`DecodeStats.predicted_ms`): the run's schedule at c1 and c2.
+`ar`'s). At match rate p the branch gains when (1 - p (1 - (d+h)/l)) c1 < c2 (the spec's
+model, `ppd_latency.pipelined_ms`), each kind of token at its measured over priced time
+(`Calibration`; the first tokens are plain and timed: fp32 here a curve of 37 ms, steps of 34).
+p is estimated online, and judged by its lower bound (`match_rate_bounds`): a few lucky matches
+must not start branches that lose on average. Plain steps look at the exit head's candidates at
+layer d (h/l of a step) to count matches: early on each while p's upper bound pays, then every
+8th to 32nd. The prompt is never pipelined. Every token is the main stream's argmax: exact. (workers=1:
+the branch runs after main, it never pays.) The predicted time: the schedule at c1 and c2.
 
 Latency model (`simulate`): unit time per layer, free extra compute, exit head h layer-units on
 the branch; `simulate_latency` replays this schedule from the realised matches. For d >= l/2
@@ -63,9 +63,9 @@ from ..models.early_exit import exit_head
 from ..models.hardware import one_intra_op_thread
 from ..models.layered import StopForward
 from ..options import Options, option
-from .ppd_latency import (OBSERVE_EVERY, PLAIN_EVERY, PLAIN_FIRST, PRIOR_MATCHES, PRIOR_MISSES, PRIOR_TOKENS,
-                          Calibration, PPDStats, pipelined_ms, simulate_latency)
-from .ppd_layers import layers_for
+from .ppd_latency import (OBSERVE_EVERY, OBSERVE_MOST, PLAIN_EVERY, PLAIN_FIRST, PRIOR_TOKENS, Calibration,
+                          PPDStats, match_rate_bounds, pipelined_ms, simulate_latency)
+from .ppd_layers import LayerProgress, layers_for
 
 
 @dataclass
@@ -78,7 +78,7 @@ class PPDOptions(Options):
     workers: int = option(2, "2 = main and branch on two threads; 1 = the same work one after the other",
                           minimum=1, maximum=2)
     branch: str = option("auto", "run the branch: always, or auto = only while the cost model says it pays "
-                                 "(else plain steps on every thread, every 8th looking at the exit head's "
+                                 "(else plain steps on every thread, some looking at the exit head's "
                                  "candidates to keep estimating the match rate)",
                          choices=("auto", "always"))
     simulate: bool = option(False, "also report the tick simulator's latency (layer units) beside the measured one "
@@ -93,24 +93,6 @@ class PPDOptions(Options):
 
 
 # -- the pipeline --------------------------------------------------------------------------
-class _Progress:
-    """Layers done by the main stream; a branch at layer m waits until main has done m+1."""
-
-    def __init__(self, done: int) -> None:
-        self.done = done
-        self._cond = threading.Condition()
-
-    def advance(self, done: int) -> None:
-        with self._cond:
-            self.done = done
-            self._cond.notify_all()
-
-    def wait(self, layers: int) -> None:
-        if self.done < layers:  # only when d < l/2: the branch caught up with main
-            with self._cond:
-                self._cond.wait_for(lambda: self.done >= layers)
-
-
 @dataclass
 class _Stream:
     """The main stream: token ids [1, n] at positions start.. (done = 0), or their hidden
@@ -128,7 +110,7 @@ class _Branch:
     """Candidate rows at position `pos`, their K/V in scratch rows 1..k."""
 
     pos: int
-    progress: _Progress
+    progress: LayerProgress
     candidates: list[int] = field(default_factory=list)
     x: torch.Tensor | None = None
     done: int = 0
@@ -152,13 +134,14 @@ class Pipeline:
         self.l, self.d, self.k = self.layers.num_layers, self.head.layer, opts.candidates
         self.h = self.head.cost if opts.head_cost < 0 else opts.head_cost
         self.matches: list[bool] = []
+        self.observed_at: list[int] = []  # the tokens (0 = the prompt's) whose plain step looked at the head
         self.always = opts.branch == "always" or opts.simulate
         # The costs the auto choice and the prediction use: a one-row step with every thread
         # (a plain step, `ar`) and with one (each worker's), and the curve (prefill, k rows).
         self.curve = CostModel.of(ctx.target).curve
         self.c2 = interpolate(self.curve, 1)
         self.c1 = one_thread_ms(ctx.target, opts.candidates) if opts.workers == 2 else self.c2
-        self.plain_run = 0
+        self.unjudged, self.observe_every = 0, OBSERVE_EVERY  # plain steps since a match was judged; when to look
         self.calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c1)  # measured / priced, pipelined tokens
         self.plain_calibration = Calibration(prior_ms=PRIOR_TOKENS * self.c2)  # and plain ones
         self.predicted_ms = 0.0
@@ -179,7 +162,7 @@ class Pipeline:
 
     # -- the two kinds of work -------------------------------------------------------------
     @torch.no_grad()
-    def _main(self, s: _Stream, progress: _Progress, branch: _Branch | None,
+    def _main(self, s: _Stream, progress: LayerProgress, branch: _Branch | None,
               observed: list[int] | None = None) -> int:
         """Layers done+1..l of the main stream, spawning the branch at layer d (or, a plain step
         given `observed`, only putting the exit head's candidates there); returns the token."""
@@ -269,15 +252,29 @@ class Pipeline:
             return True
         if (stream.ids is not None and stream.ids.shape[1] > 1) or emitted <= PLAIN_FIRST or not emitted % PLAIN_EVERY:
             return False
-        p = (sum(self.matches) + PRIOR_MATCHES) / (len(self.matches) + PRIOR_MATCHES + PRIOR_MISSES)
-        plain = self.plain_calibration.ratio()
-        return self._branch_ms(p) * self.calibration.ratio(prior=plain) < self.c2 * plain
+        return self._pays(at_most=False)
 
     def _observing(self, stream: _Stream) -> bool:
-        """Look at the exit head's candidates during this plain step? Every OBSERVE_EVERY-th plain
-        step in a row, where the branch could pay at all (at p = 1) and the stream passes layer d."""
-        return (not self.always and (self.plain_run + 1) % OBSERVE_EVERY == 0 and stream.done < self.d
-                and self._branch_ms(1.0) < self.c2)
+        """Look at the exit head's candidates in this plain step (~h/l of a step)? Where the branch
+        could pay at all (at p = 1) and the stream passes layer d: each step while the first
+        OBSERVE_EVERY matches are judged and p's upper bound pays; else after observe_every plain
+        steps, which doubles (up to OBSERVE_MOST) each time a look leaves the upper bound short."""
+        if self.always or stream.done >= self.d or self._branch_ms(1.0) >= self.c2:
+            return False
+        return self.unjudged + 1 >= self.observe_every or (len(self.matches) < OBSERVE_EVERY
+                                                           and self._pays(at_most=True))
+
+    def _judged(self, match: bool) -> None:
+        self.matches.append(match)
+        self.unjudged = 0
+        self.observe_every = OBSERVE_EVERY if self._pays(at_most=True) else min(2 * self.observe_every, OBSERVE_MOST)
+
+    def _pays(self, at_most: bool) -> bool:
+        """Does a pipelined token beat a plain step (each at its measured/priced ratio) at the match
+        rate's lower bound, or at its upper one?"""
+        p = match_rate_bounds(sum(self.matches), len(self.matches))[at_most]
+        plain = self.plain_calibration.ratio()
+        return self._branch_ms(p) * self.calibration.ratio(prior=plain) < self.c2 * plain
 
     def _branch_ms(self, p: float) -> float:
         """A pipelined token's expected time at match rate p: its main stream (the spec's model);
@@ -300,7 +297,7 @@ class Pipeline:
         stream = _Stream(torch.tensor([seq]), start=0)
         while ctx.room(seq) > 0:
             pos = len(seq)  # the position of the token this stream emits
-            progress = _Progress(stream.done)
+            progress = LayerProgress(stream.done)
             pipelined = ctx.room(seq) > 1 and self._pipelined(stream, len(seq) - len(ctx.prompt_ids))
             branch = _Branch(pos, progress) if pipelined else None
             priced, started = self._price(stream, pipelined and bool(self.pools)), time.perf_counter()
@@ -308,10 +305,12 @@ class Pipeline:
                 observed = [] if self._observing(stream) else None
                 token = self._main(stream, progress, None, observed)
                 if observed:  # would a branch have matched? (what p is estimated from)
-                    self.matches.append(token in observed)
+                    self._judged(token in observed)
                     self.counts["observed"] += 1
+                    self.observed_at.append(len(seq) - len(ctx.prompt_ids))
+                else:
+                    self.unjudged += 1
                 self.counts["plain"] += 1
-                self.plain_run += 1
             elif self.pools:
                 token = self.pools[0].submit(self._main, stream, progress, branch).result()
             else:  # workers=1: the branch after main, on the same threads
@@ -322,7 +321,6 @@ class Pipeline:
             self.counts["tokens"] += 1
             stream = None
             if branch is not None:
-                self.plain_run = 0
                 t0 = time.perf_counter()
                 branch.ready.wait()
                 match = token in branch.candidates
@@ -332,7 +330,7 @@ class Pipeline:
                         branch.future.result()
                     stream = self._promote(branch, branch.candidates.index(token))
                 self.times["wait"] += time.perf_counter() - t0
-                self.matches.append(match)
+                self._judged(match)
                 self._reap(wait=match)
             if stream is None:
                 stream = _Stream(torch.tensor([[token]]), start=pos)

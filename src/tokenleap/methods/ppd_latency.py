@@ -4,6 +4,7 @@ prediction beside the measured speedup. (The pipeline itself is `ppd.py`.)"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,19 @@ PRIOR_MATCHES, PRIOR_MISSES = 1.2, 0.8  # branch=auto: a prior match rate of 0.6
 PRIOR_TOKENS = 2  # a calibration's prior (measured = predicted) is worth this many tokens
 PLAIN_FIRST = 2  # branch=auto: the first tokens after the prompt are plain steps, timed (what ar's cost is here)
 PLAIN_EVERY = 16  # ... and one in this many while pipelining, so that a slow start is not believed for ever
-OBSERVE_EVERY = EXPLORE_EVERY  # plain steps: every so many look at the exit head's candidates
+OBSERVE_EVERY = EXPLORE_EVERY  # plain steps: one in so many looks at the exit head's candidates at first,
+OBSERVE_MOST = 4 * EXPLORE_EVERY  # ... and at least one in so many
+
+
+def match_rate_bounds(matches: int, judged: int, spread: float = 1.0) -> tuple[float, float]:
+    """The match rate's estimate less and plus `spread` standard deviations of its Beta
+    posterior (from the prior above). branch=auto pipelines only where the lower bound pays (a
+    few lucky matches do not start a branch that, on average, loses), and looks at the exit head
+    at every plain step while the upper bound still might (the estimate firms up quickly)."""
+    a, b = matches + PRIOR_MATCHES, judged - matches + PRIOR_MISSES
+    mean = a / (a + b)
+    sd = math.sqrt(mean * (1.0 - mean) / (a + b + 1.0))
+    return max(mean - spread * sd, 0.0), min(mean + spread * sd, 1.0)
 
 
 def pipelined_ms(p: float, c1: float, d: int, h: float, layers: int) -> float:

@@ -11,11 +11,13 @@ branch's layers on scratch rows, and promoting a branch row into the committed c
   the branch runs layer m. Layers run through the model's own decoder (`models.layered`).
 
 Both run a branch as an ordinary batched decoding step over the candidates (one row each, at
-the same position), so a promoted row is what a plain step computes.
+the same position), so a promoted row is what a plain step computes. `LayerProgress` is how
+far the main stream has got, which a branch that catches up with it waits on.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -25,6 +27,24 @@ from ..decoding.context import DecodeContext
 from ..models.hf import HFCache, HFRunner
 from ..models.layered import LayerPlan
 from ..models.llama import LlamaRunner
+
+class LayerProgress:
+    """Layers done by the main stream; a branch at layer m waits until main has done m+1."""
+
+    def __init__(self, done: int) -> None:
+        self.done = done
+        self._cond = threading.Condition()
+
+    def advance(self, done: int) -> None:
+        with self._cond:
+            self.done = done
+            self._cond.notify_all()
+
+    def wait(self, layers: int) -> None:
+        if self.done < layers:  # only when d < l/2: the branch caught up with main
+            with self._cond:
+                self._cond.wait_for(lambda: self.done >= layers)
+
 
 Before = Callable[[int], None]  # before layer m (may raise StopForward)
 After = Callable[[int, torch.Tensor], None]  # layer m's output
