@@ -136,10 +136,12 @@ def test_on_the_hf_runner_the_committed_cache_is_what_plain_decoding_builds(tiny
     plain = model.runner.new_cache()
     model.runner.forward(plain, torch.tensor([prompt_ids + tokens[:-1]]))
     n = len(prompt_ids) + len(tokens) - 1
+    # (One forward over every row rounds differently from one row at a time on one thread: up to
+    # 1.5e-5 here, which made 1e-5 flaky; a wrong row would be off by a whole value.)
     for got, want in zip(pipe.layers.committed.inner.layers, plain.inner.layers):
         assert got.keys.shape[2] == n
-        torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.keys, want.keys, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.values, want.values, atol=1e-4, rtol=1e-4)
 
 
 def test_early_stop_joins_the_workers_and_keeps_thread_settings(tiny):

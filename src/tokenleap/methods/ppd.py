@@ -127,8 +127,7 @@ class Pipeline:
     def __init__(self, ctx: DecodeContext) -> None:
         if not ctx.sampling.greedy:
             raise TokenleapError("ppd is exact greedy decoding: it needs temperature=0")
-        opts = ctx.options
-        self.ctx, self.opts = ctx, opts
+        self.ctx, self.opts = ctx, (opts := ctx.options)
         self.head = exit_head(ctx.target, opts.head, opts.exit_layer)
         self.layers = layers_for(ctx, opts.candidates)  # the runner's layers, committed and scratch caches
         self.l, self.d, self.k = self.layers.num_layers, self.head.layer, opts.candidates
@@ -150,15 +149,19 @@ class Pipeline:
         self.times = dict(main=0.0, main_head=0.0, branch=0.0, exit_head=0.0, wait=0.0, promote=0.0)
         self._live: list[_Branch] = []  # launched, not yet released
         self._lock = threading.Lock()
-        self.pools: list[ThreadPoolExecutor] = []
-        if opts.workers == 2:
+        self.two_workers = opts.workers == 2
+        self.pools: list[ThreadPoolExecutor] = []  # started with the first pipelined token (~5 ms)
+
+    def _workers(self) -> list[ThreadPoolExecutor]:
+        """The two one-thread workers (main, branch); a run of plain steps never starts them."""
+        if not self.pools:
             threads = torch.get_num_threads()  # also initialises the caller's own pool first
             self.pools = [ThreadPoolExecutor(1, thread_name_prefix=f"ppd-{name}", initializer=one_intra_op_thread)
                           for name in ("main", "branch")]
-            for pool in self.pools:
-                pool.submit(lambda: None).result()
+            [pool.submit(lambda: None).result() for pool in self.pools]  # (each pool's thread set up)
             # set_num_threads also sets the default new threads start with: give it back.
             torch.set_num_threads(threads)
+        return self.pools
 
     # -- the two kinds of work -------------------------------------------------------------
     @torch.no_grad()
@@ -191,7 +194,7 @@ class Pipeline:
         with self._lock:
             self._live.append(branch)
             self.counts["branches"] += 1
-        if self.pools:
+        if self.two_workers:
             branch.future = self.pools[1].submit(self._branch, branch, hd)
         else:
             branch.hd = hd  # workers=1: run after main (a branch may need main's layers >= d)
@@ -280,7 +283,7 @@ class Pipeline:
         """A pipelined token's expected time at match rate p: its main stream (the spec's model);
         with workers=1 also the branch's l-d layers over k rows, run after it."""
         main = pipelined_ms(p, self.c1, self.d, self.h, self.l)
-        return main if self.pools else main + (self.l - self.d) / self.l * interpolate(self.curve, self.k)
+        return main if self.two_workers else main + (self.l - self.d) / self.l * interpolate(self.curve, self.k)
 
     def _price(self, s: _Stream, pipelined: bool) -> float:
         """This token's main stream as the cost model prices it: its layers at c1 pipelined (c2
@@ -300,7 +303,7 @@ class Pipeline:
             progress = LayerProgress(stream.done)
             pipelined = ctx.room(seq) > 1 and self._pipelined(stream, len(seq) - len(ctx.prompt_ids))
             branch = _Branch(pos, progress) if pipelined else None
-            priced, started = self._price(stream, pipelined and bool(self.pools)), time.perf_counter()
+            priced, started = self._price(stream, pipelined and self.two_workers), time.perf_counter()
             if branch is None:  # a plain step, on the caller's thread with all its threads
                 observed = [] if self._observing(stream) else None
                 token = self._main(stream, progress, None, observed)
@@ -311,8 +314,8 @@ class Pipeline:
                 else:
                     self.unjudged += 1
                 self.counts["plain"] += 1
-            elif self.pools:
-                token = self.pools[0].submit(self._main, stream, progress, branch).result()
+            elif self.two_workers:
+                token = self._workers()[0].submit(self._main, stream, progress, branch).result()
             else:  # workers=1: the branch after main, on the same threads
                 token = self._main(stream, progress, branch)
                 hd, branch.hd = branch.hd, None
@@ -351,9 +354,8 @@ class Pipeline:
             b.stop.set()
             b.progress.advance(self.l)  # a branch waiting on a main stream that failed must not hang
         self._reap(wait=True)
-        for pool in self.pools:
-            pool.shutdown(wait=True)
-        self.pools = []
+        while self.pools:
+            self.pools.pop().shutdown(wait=True)
         self.report()
 
     # -- statistics ------------------------------------------------------------------------
