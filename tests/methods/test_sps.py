@@ -73,3 +73,31 @@ def test_stop_below_ends_drafting_at_an_unsure_draft(tiny):
     assert early.stats.proposed < full.stats.proposed and early.stats.iterations >= full.stats.iterations
     with pytest.raises(tokenleap.TokenleapError, match=r"stop_below must be a number in \[0, 1\)"):
         tokenleap.generate("w2", method="sps", model=target, draft=draft, stop_below=1.0)
+
+
+@pytest.mark.parametrize("method", ["sps", "mtad"])
+def test_a_self_draft_takes_the_prompt_from_the_target(tiny, method):
+    """`draft="self:int8"`: the first token is a plain target step, and the draft starts from the
+    target's K/V of the prompt instead of its own forward over it (no draft forward of more than
+    the uncached tail; "WxN": W rows of N positions); greedy output stays the target's, and the drafts are still accepted."""
+    target = tiny(vocab_size=32, seed=0)
+    prompt = target.encode("w2 w3 w4 w5 w6 w7 w8 w9 w10 w11")
+    want = tokenleap.generate(prompt, model=target, max_new_tokens=16).token_ids
+    got = tokenleap.generate(prompt, method=method, model=target, draft="self:int8", max_new_tokens=16, gamma=3)
+    assert got.token_ids == want and got.stats.accepted > 0
+    rows = got.stats.forward_rows
+    assert rows["target"].get(str(len(prompt))) == 1 and max(int(r.split("x")[-1]) for r in rows["draft"]) <= 2
+    # A draft that is not the target's own view runs its own forward over the prompt.
+    other = tiny(vocab_size=32, seed=5, num_layers=1)
+    got = tokenleap.generate(prompt, method=method, model=target, draft=other, max_new_tokens=16, gamma=3)
+    assert got.token_ids == want and max(int(r.split("x")[-1]) for r in got.stats.forward_rows["draft"]) >= len(prompt)
+
+
+def test_a_self_draft_taking_the_prompt_keeps_the_target_law(tiny):
+    """Three tokens at T=1 (top-k 3): a plain first step, then a round of the self-draft's two
+    drafts on the copied prompt; the law is the target's exactly."""
+    sampling = Sampling(1.0, top_k=3)
+    target = tiny(vocab_size=V, seed=11, init_std=0.1)
+    law = exact_law(target, target.encode("w2 w3"), 3, sampling)
+    samples = draws("sps", target, "self:int8", sampling, 3000, max_new_tokens=3, gamma=2)
+    assert chi_square_pvalue(samples, law) > 1e-3

@@ -97,3 +97,19 @@ class StaticKVCache:
             for layer in store:
                 layer[:, :, start : start + src.numel()] = layer[:, :, src]
         self.length = start + src.numel()
+
+
+@torch.no_grad()
+def copy_prefix(dst: KVCache, src: KVCache, length: int) -> bool:
+    """Positions [0, length) of src's first row into every row of dst, in dst's dtype, and dst's
+    cursor to length: a self-draft taking the prompt's K/V from its target. Only between
+    StaticKVCaches of the same layers and heads; False (dst unchanged) otherwise."""
+    if not (isinstance(dst, StaticKVCache) and isinstance(src, StaticKVCache) and src.length >= length
+            and len(dst.keys) == len(src.keys) and dst.keys[0].shape[1::2] == src.keys[0].shape[1::2]):
+        return False
+    dst.reserve(length)
+    for mine, theirs in ((dst.keys, src.keys), (dst.values, src.values)):
+        for layer, source in zip(mine, theirs):
+            layer[:, :, :length] = source[:1, :, :length]
+    dst.length = length
+    return True

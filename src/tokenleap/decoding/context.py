@@ -60,6 +60,11 @@ class DecodeContext:
         self.draft_runner = (CountingRunner(self.draft.runner, self.stats, "draft")
                              if self.draft is not None else None)
 
+    @property
+    def self_draft(self) -> bool:
+        """The draft is a quantized view of the target's own weights (`draft="self:int8"`)."""
+        return self.draft is not None and any(made is self.draft for made in self.target.derived.values())
+
     def new_cache(self, model: Model, batch: int = 1, slack: int = 64) -> KVCache:
         return model.runner.new_cache(batch, len(self.prompt_ids) + self.max_new_tokens + slack)
 

@@ -5,7 +5,8 @@ tail and every draft in one forward (`verify.verify_chain`); the method's accept
 a prefix and names one more token; the target cache rolls back to what is committed (a cursor
 move) and the drafter drops what was not kept. Near the end, where the drafter cannot draft,
 or in a round where it proposes nothing (prompt lookup without a match), the target takes
-plain steps.
+plain steps. With a self-draft the first token is a plain step too, after which the draft
+copies the prompt's K/V from the target's cache (`Drafter.take_prompt`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def speculative_decode(ctx: DecodeContext, drafter: Drafter, step: Step, slack: 
     seq = list(ctx.prompt_ids)
     cache = ctx.new_cache(ctx.target, slack=slack)
     try:
+        if ctx.self_draft and ctx.room(seq) > 0:
+            # A self-draft reads the prompt from the target's cache rather than running its own
+            # forward over it: the first token is a plain target step, then the draft copies.
+            seq.append(decode_one_token(ctx, seq, cache))
+            drafter.take_prompt(cache, len(ctx.prompt_ids))
+            yield seq[-1:]
         while (room := ctx.room(seq)) > 0:
             n = drafter.max_drafts(room)
             block = step(ctx, seq, cache, drafter, n) if n > 0 else [decode_one_token(ctx, seq, cache)]

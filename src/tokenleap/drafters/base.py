@@ -8,6 +8,8 @@ from typing import Protocol
 
 import torch
 
+from ..decoding.cache import KVCache
+
 
 @dataclass
 class Draft:
@@ -31,3 +33,8 @@ class Drafter(Protocol):
     def commit(self, seq: list[int], valid: int) -> None:
         """The round is judged: the first `valid` positions of seq + drafts are committed
         (the token emitted after them is not yet fed to anything). Drop the rest."""
+
+    def take_prompt(self, target_cache: KVCache, length: int) -> None:
+        """With a self-draft (`DecodeContext.self_draft`), the loop makes the first token a plain
+        target step and then calls this: the target's cache holds the prompt's positions
+        [0, length), which a drafter with a draft cache copies rather than computing them."""

@@ -2,7 +2,9 @@
 
 The draft is any model sharing the target's tokenizer: a smaller model, or the target's own
 weights quantized (`draft="self:int8"`). Its cache keeps only what the committed sequence
-validates, so each round feeds it the uncached tail and then one token per forward.
+validates, so each round feeds it the uncached tail and then one token per forward. A
+self-draft's cache starts with the target's K/V of the prompt (`take_prompt`): its own forward
+over a long prompt costs more than the target's (int8 here: 1.9 s against 0.8 s for 769 tokens).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..decoding.adaptive import DraftLength
+from ..decoding.cache import KVCache, copy_prefix
 from ..decoding.context import DecodeContext, uncached
 from ..decoding.warping import pick, warp
 from .base import Draft
@@ -45,6 +48,9 @@ class DraftModelDrafter:
                 break
         self.proposed = len(tokens)
         return Draft(tokens, q=torch.stack(dists))
+
+    def take_prompt(self, target_cache: KVCache, length: int) -> None:
+        copy_prefix(self.cache, target_cache, length)
 
     def commit(self, seq: list[int], valid: int) -> None:
         self.cache.rollback(min(self.cache.length, valid))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from ..decoding.cache import KVCache
 from ..decoding.context import DecodeContext
 from .base import Draft
 
@@ -82,6 +83,9 @@ class PromptLookupDrafter:
         q[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
         self.proposed = len(tokens)
         return Draft(tokens, q=q)
+
+    def take_prompt(self, target_cache: KVCache, length: int) -> None:
+        """(No model, no cache: the prompt is read from the token ids.)"""
 
     def commit(self, seq: list[int], valid: int) -> None:
         """Adapt the draft length to how much of this round's draft was kept."""
