@@ -38,6 +38,10 @@ def test_bad_quant_settings_are_clear_errors(tiny_dir):
             parse_quant(bad)
     with pytest.raises(TokenleapError, match="does not divide"):
         quantize(torch.randn(8, 96), "int4", 64)
+    with pytest.raises(TokenleapError, match="multiple of 16"):  # PyTorch's int4 kernel's condition
+        quantize(torch.randn(8, 64), "int4", 32)
+    with pytest.raises(TokenleapError, match="multiple of 16"):  # an 8-token vocabulary: an LM head of 8 rows
+        self_draft(tokenleap.load_model(tiny_dir(vocab_size=8, seed=0), dtype="fp32"), "int4")
     with pytest.raises(TokenleapError, match="does not divide"):  # hidden size 64: groups of 128 cannot fit
         tokenleap.load_model(tiny_dir(vocab_size=32, seed=0), quant="int4-g128")
     target = tokenleap.load_model(tiny_dir(vocab_size=32, seed=0), dtype="fp32")

@@ -233,6 +233,9 @@ def quantize(weight: torch.Tensor, kind: str, group: int = 0, act_dtype: torch.d
                              f"use one of the sizes that divide it")
     if weight.device.type != "cpu":
         raise TokenleapError("int4 weights run on the CPU kernel only; use int8 or no quantization on this device")
+    if n % 16:
+        raise TokenleapError(f"int4 needs every matrix's output size to be a multiple of 16 (PyTorch's int4 "
+                             f"kernel), and this model has one of {n}; use int8")
     g = w.reshape(n, k // group, group)
     low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
     scale = ((high - low) / 15).clamp(min=1e-12)
