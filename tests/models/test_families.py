@@ -111,7 +111,8 @@ def test_greedy_equals_hf_generate(tiny_family, variant, runner, method_id):
 def test_self_draft_needs_no_training_on_any_family(tiny_family, variant, runner):
     """`draft="self:int8"` on every family: a quantized copy of the target (a view of its module
     where the lean runner covers the family, else a module of its own on the HF runner) drafts, the target judges, greedy
-    output equals HF `generate`, and the copy agrees with the target often."""
+    output equals HF `generate`, the copy agrees with the target often, and it starts from the
+    target's K/V of the prompt."""
     target = model(tiny_family, variant, runner)
     for method, opts in (METHODS["sps"], METHODS["mtad"]):
         rates = []
@@ -120,6 +121,10 @@ def test_self_draft_needs_no_training_on_any_family(tiny_family, variant, runner
                                      **opts)
             assert got.token_ids == expected(target, variant, prompt), (method, prompt)
             rates.append(got.stats.acceptance_rate)
+            if not (variant in LEAN and runner == "hf"):  # (an HF target's cache, a lean draft's: no copy)
+                # The draft took the prompt's K/V from the target: no forward of its own over it.
+                drafted = [int(rows.split("x")[-1]) for rows in got.stats.forward_rows["draft"]]
+                assert max(drafted) <= 2, (method, prompt, got.stats.forward_rows)
         assert sum(rates) / len(rates) > 0.3, (method, rates)  # (one prompt alone: a few rounds, noisy)
     draft = target.derived["self:int8"]
     assert (draft.hf_model is target.hf_model) == (variant in LEAN)  # the lean runner's families: a view

@@ -32,6 +32,11 @@ class KVCache(Protocol):
     def keep_positions(self, start: int, kept: torch.Tensor) -> None:
         """Keep positions `start + kept` (sorted offsets) after `start`, packed contiguously."""
 
+    def copy_prefix(self, src: "KVCache", length: int, dtype: torch.dtype) -> bool:
+        """Become positions [0, length) of src's first row (in every row, in `dtype`): a self-draft
+        taking the prompt's K/V from its target, the same layers. False (nothing changed) where
+        src is another kind of cache, or of other layers or heads."""
+
 
 def kept_prefix(kept: torch.Tensor) -> bool:
     """True when the kept offsets are 0, 1, ..., n-1 (an accepted chain, or nothing): keeping
@@ -98,18 +103,14 @@ class StaticKVCache:
                 layer[:, :, start : start + src.numel()] = layer[:, :, src]
         self.length = start + src.numel()
 
-
-@torch.no_grad()
-def copy_prefix(dst: KVCache, src: KVCache, length: int) -> bool:
-    """Positions [0, length) of src's first row into every row of dst, in dst's dtype, and dst's
-    cursor to length: a self-draft taking the prompt's K/V from its target. Only between
-    StaticKVCaches of the same layers and heads; False (dst unchanged) otherwise."""
-    if not (isinstance(dst, StaticKVCache) and isinstance(src, StaticKVCache) and src.length >= length
-            and len(dst.keys) == len(src.keys) and dst.keys[0].shape[1::2] == src.keys[0].shape[1::2]):
-        return False
-    dst.reserve(length)
-    for mine, theirs in ((dst.keys, src.keys), (dst.values, src.values)):
-        for layer, source in zip(mine, theirs):
-            layer[:, :, :length] = source[:1, :, :length]
-    dst.length = length
-    return True
+    @torch.no_grad()
+    def copy_prefix(self, src: KVCache, length: int, dtype: torch.dtype) -> bool:
+        if not (isinstance(src, StaticKVCache) and src.length >= length and len(self.keys) == len(src.keys)
+                and self.keys[0].shape[1::2] == src.keys[0].shape[1::2]):
+            return False
+        self.reserve(length)
+        for mine, theirs in ((self.keys, src.keys), (self.values, src.values)):
+            for layer, source in zip(mine, theirs):
+                layer[:, :, :length] = source[:1, :, :length]  # (into this cache's own dtype)
+        self.length = length
+        return True

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..decoding.adaptive import DraftLength
-from ..decoding.cache import KVCache, copy_prefix
+from ..decoding.cache import KVCache
 from ..decoding.context import DecodeContext, uncached
 from ..decoding.warping import warp
 from .base import Draft
@@ -114,7 +114,7 @@ class BeamDrafter:
         return beam_tree(self.sample(seq, n))
 
     def take_prompt(self, target_cache: KVCache, length: int) -> None:
-        copy_prefix(self.cache, target_cache, length)  # into every beam's row
+        self.cache.copy_prefix(target_cache, length, self.ctx.draft.dtype)  # into every beam's row
 
     def commit(self, seq: list[int], valid: int) -> None:
         """Every row becomes the proposed beam up to `valid` positions (positions before the

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..decoding.adaptive import DraftLength
-from ..decoding.cache import KVCache, copy_prefix
+from ..decoding.cache import KVCache
 from ..decoding.context import DecodeContext, uncached
 from ..decoding.warping import pick, warp
 from .base import Draft
@@ -50,7 +50,7 @@ class DraftModelDrafter:
         return Draft(tokens, q=torch.stack(dists))
 
     def take_prompt(self, target_cache: KVCache, length: int) -> None:
-        copy_prefix(self.cache, target_cache, length)
+        self.cache.copy_prefix(target_cache, length, self.ctx.draft.dtype)
 
     def commit(self, seq: list[int], valid: int) -> None:
         self.cache.rollback(min(self.cache.length, valid))

@@ -37,8 +37,8 @@ model, `ppd_latency.pipelined_ms`), each kind of token at its measured over pric
 p is estimated online, and judged by its lower bound (`match_rate_bounds`): a few lucky matches
 must not start branches that lose on average. Plain steps look at the exit head's candidates at
 layer d (h/l of a step) to count matches: early on each while p's upper bound pays, then every
-8th to 32nd. The prompt is never pipelined. Every token is the main stream's argmax: exact. (workers=1:
-the branch runs after main, it never pays.) The predicted time: the schedule at c1 and c2.
+8th to 32nd. The prompt is never pipelined. Every token is the main stream's argmax: exact.
+(workers=1: the branch runs after main, it never pays.) Predicted time: the schedule at c1, c2.
 
 Latency model (`simulate`): unit time per layer, free extra compute, exit head h layer-units on
 the branch; `simulate_latency` replays this schedule from the realised matches. For d >= l/2
@@ -158,7 +158,8 @@ class Pipeline:
             threads = torch.get_num_threads()  # also initialises the caller's own pool first
             self.pools = [ThreadPoolExecutor(1, thread_name_prefix=f"ppd-{name}", initializer=one_intra_op_thread)
                           for name in ("main", "branch")]
-            [pool.submit(lambda: None).result() for pool in self.pools]  # (each pool's thread set up)
+            for pool in self.pools:  # (each one's thread set up now)
+                pool.submit(lambda: None).result()
             # set_num_threads also sets the default new threads start with: give it back.
             torch.set_num_threads(threads)
         return self.pools
@@ -307,12 +308,11 @@ class Pipeline:
             if branch is None:  # a plain step, on the caller's thread with all its threads
                 observed = [] if self._observing(stream) else None
                 token = self._main(stream, progress, None, observed)
+                self.unjudged += 1  # (a look resets it)
                 if observed:  # would a branch have matched? (what p is estimated from)
                     self._judged(token in observed)
                     self.counts["observed"] += 1
                     self.observed_at.append(len(seq) - len(ctx.prompt_ids))
-                else:
-                    self.unjudged += 1
                 self.counts["plain"] += 1
             elif self.two_workers:
                 token = self._workers()[0].submit(self._main, stream, progress, branch).result()

@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 
-from ..decoding.cache import kept_prefix
+from ..decoding.cache import KVCache, kept_prefix
 from ..errors import TokenleapError, first_line
 from .layered import LayerStack, check_split
 
@@ -95,6 +95,18 @@ class HFCache:
             src = start + kept.to(device=layer.keys.device, dtype=torch.long)
             layer.keys = torch.cat([layer.keys[:, :, :start], layer.keys[:, :, src]], dim=2)
             layer.values = torch.cat([layer.values[:, :, :start], layer.values[:, :, src]], dim=2)
+
+
+    def copy_prefix(self, src: KVCache, length: int, dtype: torch.dtype) -> bool:
+        if not (isinstance(src, HFCache) and src.length >= length and self.length == 0
+                and len(src.inner.layers) == len(self.inner.layers)
+                and all(type(a) is type(b) and b.is_initialized for a, b in zip(self.inner.layers, src.inner.layers))):
+            return False
+        for mine, theirs in zip(self.inner.layers, src.inner.layers):
+            mine.keys = theirs.keys[:1, :, :length].to(dtype, copy=True)
+            mine.values = theirs.values[:1, :, :length].to(dtype, copy=True)
+            mine.device, mine.is_initialized = theirs.device, True
+        return True
 
 
 def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
